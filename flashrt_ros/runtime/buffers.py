@@ -1,0 +1,111 @@
+"""Named static buffers: the closed set of every input, output and piece of state.
+
+A graph captured over these tensors reads and writes their storage directly, so a buffer is
+allocated once and never re-bound while a graph uses it. Host data enters through a pinned
+staging tensor (allocated once per buffer) and an async copy on the caller's stream.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+
+class BufferError(RuntimeError):
+    """A buffer is missing, mismatched or was re-bound under a captured graph."""
+
+
+class BufferSet:
+    """Owns named tensors on one device. Names are the only way in; there is no second copy."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._staging: dict[str, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        # Bumped whenever a tensor is bound or re-bound; graphs compare it before replay.
+        self.generation = 0
+
+    # --- declaration -------------------------------------------------------------------------
+    def declare(self, name: str, shape: Iterable[int], dtype: torch.dtype, fill: float = 0) -> torch.Tensor:
+        if name in self._tensors:
+            raise BufferError(f"buffer {name!r} is already declared")
+        t = torch.full(tuple(shape), fill, dtype=dtype, device=self.device)
+        return self._bind(name, t)
+
+    def adopt(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Bind an existing tensor (e.g. a module's parameter-free buffer) under a name."""
+        if tensor.device != self.device:
+            raise BufferError(f"buffer {name!r} is on {tensor.device}, this set is on {self.device}")
+        if not tensor.is_contiguous():
+            raise BufferError(f"buffer {name!r} must be contiguous")
+        return self._bind(name, tensor)
+
+    def rebind(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Replace a buffer's storage. Graphs captured over the old storage refuse to replay."""
+        self._require(name)
+        del self._tensors[name]
+        self._staging.pop(name, None)
+        return self.adopt(name, tensor)
+
+    def _bind(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        self._tensors[name] = t
+        self.generation += 1
+        return t
+
+    # --- access ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._require(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def nbytes(self, names: Iterable[str] | None = None) -> int:
+        return sum(self._require(n).nbytes for n in (names if names is not None else self._tensors))
+
+    def fingerprint(self, names: Iterable[str]) -> dict[str, tuple[int, tuple[int, ...], torch.dtype]]:
+        return {n: (t.data_ptr(), tuple(t.shape), t.dtype) for n in names for t in [self._require(n)]}
+
+    def _require(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise BufferError(f"no buffer named {name!r}; declared: {sorted(self._tensors)}") from None
+
+    # --- host <-> device ---------------------------------------------------------------------
+    def write(self, name: str, value: np.ndarray | torch.Tensor, stream: torch.cuda.Stream | None = None) -> None:
+        """Copy host or device data into the bound tensor. Shape must match exactly."""
+        dst = self._require(name)
+        src = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+        if tuple(src.shape) != tuple(dst.shape):
+            raise BufferError(f"buffer {name!r} has shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+        if src.dtype != dst.dtype:
+            if src.is_floating_point() != dst.is_floating_point():
+                raise BufferError(f"buffer {name!r} has dtype {dst.dtype}, got {src.dtype}")
+            src = src.to(dst.dtype)
+        if dst.device.type == "cpu" or src.device.type != "cpu":
+            dst.copy_(src)
+            return
+        staging, done = self._staging_for(name)
+        if done is not None:
+            done.synchronize()  # the previous async copy out of this staging tensor has finished
+        staging.copy_(src)
+        stream = stream or torch.cuda.current_stream(dst.device)
+        with torch.cuda.stream(stream):
+            dst.copy_(staging, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
+        self._staging[name] = (staging, event)
+
+    def read(self, name: str) -> np.ndarray:
+        """A host copy of the buffer (synchronises with the device)."""
+        return self._require(name).detach().to("cpu", copy=True).numpy()
+
+    def _staging_for(self, name: str) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        if name not in self._staging:
+            t = self._tensors[name]
+            self._staging[name] = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), None)
+        return self._staging[name]
