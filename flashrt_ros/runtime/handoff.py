@@ -109,6 +109,12 @@ class SubtaskChannel:
             self.write_tokens(tokens, stream)
             return self.commit(text, source, stream)
 
+    def reset_host_state(self) -> None:
+        """After the channel's buffers were restored to their initial bytes (a capsule), bring the
+        host mirror back in line: slot 0 active, version 0. Call under `lock`."""
+        self._active = int(self.buffers[ACTIVE].item())
+        self._state = SubtaskState(int(self.buffers[VERSION].item()), "", "none")
+
     def _flip(self) -> None:
         self.buffers[ACTIVE].neg_().add_(1)
         self.buffers[VERSION].add_(1)

@@ -1,0 +1,302 @@
+"""The engine: planner and actor models bound to static buffers and captured graphs.
+
+The one object a host drives. It owns the only BufferSet, the two graphs (each on its own
+stream), the subtask channel between them, the kernels at the edges and the episode capsule.
+It knows nothing of ROS: hosts pass numpy images and joint states in and get numpy chunks out.
+
+    engine = Engine()                                  # embedded reference policy, CPU or GPU
+    engine.set_task("visit red, then blue, then green")
+    engine.plan(images, encodings)                     # -> new SubtaskState when it changed
+    chunk = engine.act(images, encodings, joint_positions, chunk_seq)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .models.actor import Actor
+from .models.checkpoint import REFERENCE_WEIGHTS, load_checkpoint
+from .models.config import ModelConfig
+from .models.planner import Planner
+from .models.stages import planner_hidden_shape, planner_stages
+from .models.tokenizer import WordTokenizer
+from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
+from .runtime.kernels import Postprocessor, Preprocessor
+
+MAX_TEXT_BYTES = 1024
+# Without configured limits a chunk is still clamped, to a range no real joint reaches.
+UNBOUNDED = 1e6
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    chunk_seq: int
+    positions: np.ndarray      # [H, D] float32 joint units, clamped to the joint limits
+    velocities: np.ndarray     # [H, D] float32, clamped to the velocity limits
+    dt: float                  # seconds between actions; positions[i] is for obs time + (i+1)*dt
+    subtask_version: int       # the subtask the actor graph actually read (from the device)
+    subtask_text: str
+    nonfinite: bool            # the model produced NaN/inf: never publish this chunk
+    latency_s: float           # inputs in -> chunk on the host
+
+
+class Engine:
+    def __init__(self, checkpoint: str | Path | None = None, preset: str = "reference", device: str = "auto",
+                 seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
+                 planner_pieces: int = 1):
+        self.device = resolve_device(device)
+        self.seed = int(seed)
+        if checkpoint is None and preset == "reference":
+            checkpoint = REFERENCE_WEIGHTS
+        if checkpoint is not None:
+            cfg, actor, planner = load_checkpoint(checkpoint)
+        else:  # a size preset with seeded weights (GPU benchmarks)
+            cfg = ModelConfig.from_name(preset)
+            torch.manual_seed(seed)
+            actor, planner = Actor(cfg), Planner(cfg)
+        self.config: ModelConfig = cfg
+        self.tokenizer = WordTokenizer(cfg.vocabulary)
+        self.actor = actor.to(self.device).eval().requires_grad_(False)
+        self.planner = planner.to(self.device).eval().requires_grad_(False)
+        D, H = cfg.action_dim, cfg.horizon
+        limits = np.asarray(joint_limits if joint_limits is not None else [[-UNBOUNDED, UNBOUNDED]] * D, np.float32)
+        vmax = np.asarray(max_velocity if max_velocity is not None else [UNBOUNDED] * D, np.float32)
+        if limits.shape != (D, 2) or vmax.shape != (D,):
+            raise ValueError(f"joint_limits must be [{D}, 2] and max_velocity [{D}], "
+                             f"got {limits.shape} and {vmax.shape}")
+        if np.any(limits[:, 0] > limits[:, 1]) or np.any(vmax <= 0):
+            raise ValueError("joint limits need lower <= upper and max velocities > 0")
+
+        on_gpu = self.device.type == "cuda"
+        # The actor's deadline is the product: its stream gets the highest priority.
+        self.actor_stream = torch.cuda.Stream(self.device, priority=-3) if on_gpu else None
+        self.planner_stream = torch.cuda.Stream(self.device, priority=0) if on_gpu else None
+
+        b = self.buffers = BufferSet(self.device)
+        self.channel = SubtaskChannel(b, cfg.text_len, actor_stream=self.actor_stream)
+        S, n = cfg.image_size, cfg.n_cameras
+        b.declare("actor.images", (1, n, 3, S, S), torch.float32)
+        b.declare("actor.state", (1, cfg.state_dim), torch.float32)
+        b.declare("actor.noise", (1, H, D), torch.float32)
+        b.declare("actor.actions", (1, H, D), torch.float32)          # normalised model output
+        b.declare("actor.subtask_version", (1,), torch.int64)
+        b.declare("planner.images", (1, n, 3, S, S), torch.float32)
+        b.declare("planner.task", (1, cfg.task_len), torch.int64)
+        b.declare("planner.choice", (1,), torch.int64)
+        self.preprocess = Preprocessor(S, n, self.device)
+        self.postprocess = Postprocessor(H, self.actor.action_mean.cpu(), self.actor.action_std.cpu(),
+                                         limits[:, 0], limits[:, 1], vmax, cfg.chunk_dt, self.device)
+        # chunk outputs land here: positions, velocities (pinned on a GPU), then flags
+        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
+        self._host_flags = torch.empty(2, dtype=torch.int64, pin_memory=on_gpu)
+        self._noise_gen = torch.Generator(self.device)
+
+        self.actor_graph = StaticGraph(
+            "actor", self._actor_fn, b,
+            reads=["actor.images", "actor.state", "actor.noise", "subtask.slots", "subtask.active",
+                   "subtask.version"],
+            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
+        self.planner_graphs = self._planner_graphs(planner_pieces)
+
+        self.capsules = CapsuleStore(b)
+        self.capsules.snapshot("initial")
+        self._task_text = ""
+        self._subtask_texts: dict[int, str] = {0: ""}
+
+    # --- graphs --------------------------------------------------------------------------------
+    def _actor_fn(self, b: BufferSet) -> None:
+        tokens, version = self.channel.read_in_graph(b)
+        b["actor.actions"].copy_(self.actor(b["actor.images"], b["actor.state"], tokens, b["actor.noise"]))
+        b["actor.subtask_version"].copy_(version)
+
+    def _planner_graphs(self, pieces: int) -> list[StaticGraph]:
+        """The planner as `pieces` graphs over static activations, so the scheduler can slot the
+        actor between them. The last piece writes the chosen subtask into the channel."""
+        b, p = self.buffers, self.planner
+        stages = planner_stages(p, pieces)
+        hidden = planner_hidden_shape(p, 1)
+        if pieces > 1:
+            b.declare("planner.hidden", hidden, torch.float32)
+        graphs = []
+        for i, stage in enumerate(stages):
+            first, last = i == 0, i == len(stages) - 1
+
+            def fn(bufs, stage=stage, first=first, last=last):
+                x = (bufs["planner.images"], bufs["planner.task"]) if first else bufs["planner.hidden"]
+                y = stage(x)
+                if not last:
+                    bufs["planner.hidden"].copy_(y)
+                    return
+                choice = y.argmax(dim=-1)
+                bufs["planner.choice"].copy_(choice)
+                self.channel.write_in_graph(bufs, p.subtask_table.index_select(0, choice))
+
+            reads = ["planner.images", "planner.task"] if first else ["planner.hidden"]
+            writes = ["planner.choice", "subtask.slots"] if last else ["planner.hidden"]
+            if last:
+                reads.append("subtask.active")
+            graphs.append(StaticGraph(f"planner.{i}", fn, b, reads, writes, stream=self.planner_stream))
+        # The last piece writes the channel: capture it holding the lock like every writer does.
+        with self.channel.lock:
+            for g in graphs:
+                g.capture()
+        return graphs
+
+    # --- episode / task / coaching ---------------------------------------------------------------
+    def set_task(self, text: str) -> None:
+        self._check_text(text, "task")
+        tokens = self.tokenizer.encode(text, self.config.task_len)
+        self.buffers.write("planner.task", tokens[None], stream=self.planner_stream)
+        self._task_text = text
+
+    @property
+    def task(self) -> str:
+        return self._task_text
+
+    @property
+    def subtask(self) -> SubtaskState:
+        return self.channel.state
+
+    def coach(self, text: str, source: str = "coach") -> SubtaskState:
+        """Write a subtask into the shared buffer at once (no recapture); the next chunk uses it."""
+        self._check_text(text, "coaching text")
+        tokens = self.tokenizer.encode(text, self.config.text_len)
+        if self.config.subtasks and text.strip().lower() not in self.config.subtasks:
+            unknown = [w for w in self.tokenizer.words(text) if w not in self.tokenizer.vocabulary]
+            if unknown:
+                raise ValueError(f"coaching text {text!r} has words the policy does not know: {unknown}")
+        state = self.channel.publish(tokens, text, source, stream=self.planner_stream)
+        self._subtask_texts[state.version] = text
+        return state
+
+    def reset(self) -> None:
+        """Back to the state right after start-up (subtask cleared): bytes restored, no recapture."""
+        self.synchronize()
+        with self.channel.lock:
+            self.capsules.restore("initial")
+            self.channel.reset_host_state()
+        self.synchronize()
+        self._subtask_texts = {0: ""}
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @staticmethod
+    def _check_text(text: str, what: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{what} is empty")
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes, over the {MAX_TEXT_BYTES}-byte limit")
+
+    # --- planner ---------------------------------------------------------------------------------
+    def planner_pieces(self, get_images: Callable[[], tuple[Sequence[np.ndarray], Sequence[str]] | None],
+                       on_result: Callable[[SubtaskState | None], None],
+                       allow_commit: Callable[[], bool] = lambda: True) -> list[Callable[[], None]]:
+        """The planner as scheduler pieces: load inputs + stage 0, middle stages, last stage + commit."""
+        graphs = self.planner_graphs
+        skipped = [False]
+
+        def load_and_first():
+            inputs = get_images()
+            skipped[0] = inputs is None or not self._task_text
+            if skipped[0]:
+                return
+            self._load_images("planner.images", *inputs, stream=self.planner_stream)
+            if len(graphs) > 1:
+                graphs[0].replay()
+                graphs[0].synchronize()
+
+        def middle(g):
+            def run():
+                if not skipped[0]:
+                    g.replay()
+                    g.synchronize()
+            return run
+
+        def last():
+            if not skipped[0]:
+                on_result(self._plan_commit(allow_commit()))
+
+        return [load_and_first, *[middle(g) for g in graphs[1:-1]], last]
+
+    def plan(self, images: Sequence[np.ndarray], encodings: Sequence[str], allow_commit: bool = True
+             ) -> SubtaskState | None:
+        """Run the whole planner; commit and return the new subtask when it changed."""
+        if not self._task_text:
+            raise ValueError("no task set: call set_task() first")
+        self._load_images("planner.images", images, encodings, stream=self.planner_stream)
+        for g in self.planner_graphs[:-1]:
+            g.replay()
+        return self._plan_commit(allow_commit)
+
+    def _plan_commit(self, allow_commit: bool) -> SubtaskState | None:
+        with self.channel.lock:
+            self.channel.writer_wait(self.planner_stream)
+            self.planner_graphs[-1].replay()
+            self.planner_graphs[-1].synchronize()
+            text = self.config.subtasks[int(self.buffers.read("planner.choice")[0])]
+            current = self.channel.state
+            if not allow_commit or (text == current.text and current.source == "planner"):
+                return None
+            state = self.channel.commit(text, "planner", stream=self.planner_stream)
+        self._subtask_texts[state.version] = text
+        return state
+
+    # --- actor -----------------------------------------------------------------------------------
+    def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
+            chunk_seq: int = 0) -> ChunkResult:
+        """One action chunk from one observation: one graph replay for encode + all denoise steps."""
+        t0 = time.perf_counter()
+        q = np.asarray(joint_positions, dtype=np.float32).reshape(-1)
+        if q.shape != (self.config.state_dim,):
+            raise ValueError(f"joint state has {q.shape[0]} values, the policy takes {self.config.state_dim}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError(f"joint state is not finite: {q.tolist()}")
+        stream = self.actor_stream
+        self._load_images("actor.images", images, encodings, stream=stream)
+        self.buffers.write("actor.state", q[None], stream=stream)
+        with _on(stream):
+            # Noise depends only on (seed, chunk_seq): replays of the same inputs give the same chunk.
+            self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
+            torch.randn(self.buffers["actor.noise"].shape, generator=self._noise_gen, device=self.device,
+                        out=self.buffers["actor.noise"])
+        self.actor_graph.replay()
+        with _on(stream):
+            out = self.postprocess(self.buffers["actor.actions"][0], q)
+            self._host_out[0].copy_(out.positions, non_blocking=True)
+            self._host_out[1].copy_(out.velocities, non_blocking=True)
+            self._host_flags[0].copy_(out.nonfinite[0], non_blocking=True)
+            self._host_flags[1].copy_(self.buffers["actor.subtask_version"][0], non_blocking=True)
+        if stream is not None:
+            stream.synchronize()
+        version = int(self._host_flags[1])
+        return ChunkResult(
+            chunk_seq=int(chunk_seq), positions=self._host_out[0].numpy().copy(),
+            velocities=self._host_out[1].numpy().copy(), dt=self.config.chunk_dt, subtask_version=version,
+            subtask_text=self._subtask_texts.get(version, ""), nonfinite=bool(self._host_flags[0] != 0),
+            latency_s=time.perf_counter() - t0)
+
+    def _load_images(self, name: str, images: Sequence[np.ndarray], encodings: Sequence[str], stream) -> None:
+        if len(images) != self.config.n_cameras or len(encodings) != len(images):
+            raise ValueError(f"the policy takes {self.config.n_cameras} camera image(s), got {len(images)} "
+                             f"images and {len(encodings)} encodings")
+        with _on(stream):
+            self.preprocess(list(images), list(encodings), self.buffers[name][0])
+
+
+class _NullContext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _on(stream):
+    return torch.cuda.stream(stream) if stream is not None else _NullContext()
