@@ -29,8 +29,6 @@ from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, Subta
 from .runtime.kernels import Postprocessor, Preprocessor
 
 MAX_TEXT_BYTES = 1024
-# Without configured limits a chunk is still clamped, to a range no real joint reaches.
-UNBOUNDED = 1e6
 
 
 @dataclass(frozen=True)
@@ -48,8 +46,12 @@ class ChunkResult:
 class Engine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "reference", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
-                 planner_pieces: int = 1):
+                 planner_pieces: int = 1, dtype: str = "float32"):
         self.device = resolve_device(device)
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        # Weights and activations in `dtype`; buffers at the edges stay float32.
+        self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
         if checkpoint is None and preset == "reference":
             checkpoint = REFERENCE_WEIGHTS
@@ -61,11 +63,11 @@ class Engine:
             actor, planner = Actor(cfg), Planner(cfg)
         self.config: ModelConfig = cfg
         self.tokenizer = WordTokenizer(cfg.vocabulary)
-        self.actor = actor.to(self.device).eval().requires_grad_(False)
-        self.planner = planner.to(self.device).eval().requires_grad_(False)
+        self.actor = actor.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.planner = planner.to(self.device, self.dtype).eval().requires_grad_(False)
         D, H = cfg.action_dim, cfg.horizon
-        limits = np.asarray(joint_limits if joint_limits is not None else [[-UNBOUNDED, UNBOUNDED]] * D, np.float32)
-        vmax = np.asarray(max_velocity if max_velocity is not None else [UNBOUNDED] * D, np.float32)
+        limits = np.asarray(joint_limits if joint_limits is not None else [[-np.inf, np.inf]] * D, np.float32)
+        vmax = np.asarray(max_velocity if max_velocity is not None else [np.inf] * D, np.float32)
         if limits.shape != (D, 2) or vmax.shape != (D,):
             raise ValueError(f"joint_limits must be [{D}, 2] and max_velocity [{D}], "
                              f"got {limits.shape} and {vmax.shape}")
@@ -89,12 +91,14 @@ class Engine:
         b.declare("planner.task", (1, cfg.task_len), torch.int64)
         b.declare("planner.choice", (1,), torch.int64)
         self.preprocess = Preprocessor(S, n, self.device)
-        self.postprocess = Postprocessor(H, self.actor.action_mean.cpu(), self.actor.action_std.cpu(),
-                                         limits[:, 0], limits[:, 1], vmax, cfg.chunk_dt, self.device)
+        self.postprocess = Postprocessor(self.actor.action_mean.float().cpu(), self.actor.action_std.float().cpu(),
+                                         limits, vmax, cfg.chunk_dt, H, self.device)
         # chunk outputs land here: positions, velocities (pinned on a GPU), then flags
         self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
         self._host_flags = torch.empty(2, dtype=torch.int64, pin_memory=on_gpu)
-        self._noise_gen = torch.Generator(self.device)
+        # Noise is drawn on the CPU (a few hundred floats) so a chunk is the same on every device.
+        self._noise_gen = torch.Generator()
+        self._noise_host = torch.empty((1, H, D), dtype=torch.float32)
 
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
@@ -111,7 +115,9 @@ class Engine:
     # --- graphs --------------------------------------------------------------------------------
     def _actor_fn(self, b: BufferSet) -> None:
         tokens, version = self.channel.read_in_graph(b)
-        b["actor.actions"].copy_(self.actor(b["actor.images"], b["actor.state"], tokens, b["actor.noise"]))
+        dt = self.dtype
+        actions = self.actor(b["actor.images"].to(dt), b["actor.state"].to(dt), tokens, b["actor.noise"].to(dt))
+        b["actor.actions"].copy_(actions)
         b["actor.subtask_version"].copy_(version)
 
     def _planner_graphs(self, pieces: int) -> list[StaticGraph]:
@@ -121,13 +127,14 @@ class Engine:
         stages = planner_stages(p, pieces)
         hidden = planner_hidden_shape(p, 1)
         if pieces > 1:
-            b.declare("planner.hidden", hidden, torch.float32)
+            b.declare("planner.hidden", hidden, self.dtype)
         graphs = []
         for i, stage in enumerate(stages):
             first, last = i == 0, i == len(stages) - 1
 
             def fn(bufs, stage=stage, first=first, last=last):
-                x = (bufs["planner.images"], bufs["planner.task"]) if first else bufs["planner.hidden"]
+                x = (bufs["planner.images"].to(self.dtype), bufs["planner.task"]) if first \
+                    else bufs["planner.hidden"]
                 y = stage(x)
                 if not last:
                     bufs["planner.hidden"].copy_(y)
@@ -261,14 +268,13 @@ class Engine:
         stream = self.actor_stream
         self._load_images("actor.images", images, encodings, stream=stream)
         self.buffers.write("actor.state", q[None], stream=stream)
-        with _on(stream):
-            # Noise depends only on (seed, chunk_seq): replays of the same inputs give the same chunk.
-            self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
-            torch.randn(self.buffers["actor.noise"].shape, generator=self._noise_gen, device=self.device,
-                        out=self.buffers["actor.noise"])
+        # Noise depends only on (seed, chunk_seq): replays of the same inputs give the same chunk.
+        self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
+        torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
+        self.buffers.write("actor.noise", self._noise_host, stream=stream)
         self.actor_graph.replay()
         with _on(stream):
-            out = self.postprocess(self.buffers["actor.actions"][0], q)
+            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
             self._host_out[0].copy_(out.positions, non_blocking=True)
             self._host_out[1].copy_(out.velocities, non_blocking=True)
             self._host_flags[0].copy_(out.nonfinite[0], non_blocking=True)

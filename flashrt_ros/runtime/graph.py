@@ -69,13 +69,14 @@ class StaticGraph:
         self._generation = self.buffers.generation
         return self
 
-    def replay(self) -> None:
+    def replay(self, stream: "torch.cuda.Stream | None" = None) -> None:
+        """Launch the graph on its own stream (or `stream`, e.g. one of an SM partition)."""
         if self._fingerprint is None:
             raise GraphError(f"graph {self.name!r} replayed before capture()")
         if self.buffers.generation != self._generation:
             self._check_buffers()
         if self._cuda_graph is not None:
-            with torch.cuda.stream(self.stream):
+            with torch.cuda.stream(stream or self.stream):
                 self._cuda_graph.replay()
         else:
             with torch.inference_mode():

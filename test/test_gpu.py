@@ -1,0 +1,122 @@
+"""GPU checks of the engine's CUDA path (CI has no GPU: these skip there, and run on the device
+machine through `flashrt-ros bench`'s companion command in docs/benchmarks/README.md)."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from flashrt_ros.world import TabletopWorld
+    world = TabletopWorld()
+    obs = world.reset(7)
+    return world, obs
+
+
+def _engine(device, **kw):
+    from flashrt_ros.engine import Engine
+    return Engine(device=device, joint_limits=np.array([[0, 1], [0, 1]], np.float32),
+                  max_velocity=np.array([0.5, 0.5], np.float32), **kw)
+
+
+def test_cuda_graph_chunk_equals_the_cpu_chunk(scene):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    world, obs = scene
+    chunks = []
+    for device in ("cpu", "cuda"):
+        e = _engine(device)
+        e.set_task(world.task_text)
+        e.plan([obs.images["top"]], ["rgb8"])
+        chunks.append(e.act([obs.images["top"]], ["rgb8"], obs.joint_positions, chunk_seq=0))
+    cpu, gpu = chunks
+    assert cpu.subtask_text == gpu.subtask_text
+    np.testing.assert_allclose(gpu.positions, cpu.positions, atol=1e-3)
+    np.testing.assert_allclose(gpu.velocities, cpu.velocities, atol=2e-2)
+
+
+def test_graph_replay_equals_eager_on_the_gpu_and_allocates_nothing(scene):
+    world, obs = scene
+    e = _engine("cuda")
+    e.set_task(world.task_text)
+    e.plan([obs.images["top"]], ["rgb8"])
+    e.act([obs.images["top"]], ["rgb8"], obs.joint_positions, chunk_seq=3)
+    graph_out = e.buffers.read("actor.actions")
+    with torch.inference_mode(), torch.cuda.stream(e.actor_stream):
+        e._actor_fn(e.buffers)
+    torch.cuda.synchronize()
+    eager_out = e.buffers.read("actor.actions")
+    np.testing.assert_allclose(graph_out, eager_out, atol=1e-5)
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for i in range(100):
+        e.act([obs.images["top"]], ["rgb8"], obs.joint_positions, chunk_seq=i)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
+def test_coaching_reaches_the_next_gpu_chunk(scene):
+    world, obs = scene
+    e = _engine("cuda")
+    e.set_task(world.task_text)
+    e.plan([obs.images["top"]], ["rgb8"])
+    state = e.coach("go to yellow")
+    chunk = e.act([obs.images["top"]], ["rgb8"], obs.joint_positions)
+    assert chunk.subtask_version == state.version and chunk.subtask_text == "go to yellow"
+
+
+def test_handoff_never_tears_across_gpu_streams():
+    from flashrt_ros.runtime import BufferSet, StaticGraph, SubtaskChannel
+    L = 64
+    bufs = BufferSet("cuda")
+    actor_stream, planner_stream = torch.cuda.Stream(priority=-1), torch.cuda.Stream()
+    ch = SubtaskChannel(bufs, L, actor_stream=actor_stream)
+    bufs.declare("planner.tokens", (L,), torch.int64)
+    bufs.declare("actor.seen", (1, L), torch.int64)
+    bufs.declare("actor.version", (1,), torch.int64)
+
+    def planner(b):
+        ch.write_in_graph(b, b["planner.tokens"])
+
+    def actor(b):
+        tokens, version = ch.read_in_graph(b)
+        b["actor.seen"].copy_(tokens)
+        b["actor.version"].copy_(version)
+    pg = StaticGraph("p", planner, bufs, ["planner.tokens", "subtask.active"], ["subtask.slots"],
+                     stream=planner_stream).capture()
+    ag = StaticGraph("a", actor, bufs, ["subtask.slots", "subtask.active", "subtask.version"],
+                     ["actor.seen", "actor.version"], stream=actor_stream).capture()
+    pattern = lambda i: (np.arange(L, dtype=np.int64) + 1) * 100000 + i  # noqa: E731
+    writes, errors, done = 3000, [], threading.Event()
+
+    def planner_thread():
+        for i in range(1, writes + 1):
+            with ch.lock:
+                ch.writer_wait(planner_stream)
+                bufs.write("planner.tokens", pattern(i), stream=planner_stream)
+                pg.replay()
+                ch.commit(str(i), "planner", stream=planner_stream)
+        done.set()
+
+    def actor_thread():
+        last = 0
+        while not done.is_set():
+            ag.replay()
+            ag.synchronize()
+            seen, v = bufs.read("actor.seen")[0], int(bufs.read("actor.version")[0])
+            if v and seen.tobytes() != pattern(v).tobytes():
+                errors.append(f"torn read at version {v}")
+                return
+            if v < last:
+                errors.append("version went backwards")
+                return
+            last = v
+    ts = [threading.Thread(target=planner_thread), threading.Thread(target=actor_thread)]
+    [t.start() for t in ts]
+    [t.join(120) for t in ts]
+    assert not errors, errors
+    ag.replay()
+    ag.synchronize()
+    assert bufs.read("actor.seen")[0].tobytes() == pattern(writes).tobytes()
