@@ -198,19 +198,32 @@ def test_preprocessor_writes_every_camera_of_the_model_buffer():
 
 
 # --------------------------------------------------------------------------- finding the sources
+# Where this installation's sources really are (found before any test patches the lookup).
+INSTALLED_KERNELS = K.find_kernels_dir()
+
+
 def _copy_sources(directory: Path) -> Path:
     directory.mkdir(parents=True)
     for name in K.KERNEL_SOURCES:
-        shutil.copy(Path(K.__file__).resolve().parents[2] / "kernels" / name, directory / name)
+        shutil.copy(INSTALLED_KERNELS / name, directory / name)
     return directory
 
 
 def test_sources_found_in_the_documented_order(tmp_path, monkeypatch):
     monkeypatch.delenv(K.KERNELS_DIR_ENV, raising=False)
-    repo = Path(K.__file__).resolve().parents[2] / "kernels"
     monkeypatch.setitem(sys.modules, "ament_index_python", None)  # not a colcon install
     monkeypatch.setitem(sys.modules, "ament_index_python.packages", None)
-    assert K.find_kernels_dir() == repo
+    # without ament: the source checkout's kernels/ beside the package, else the pip-installed copy
+    # (tests run against the colcon install, where only the latter layout exists)
+    repo = Path(K.__file__).resolve().parents[2] / "kernels"
+    packaged = Path(sys.prefix) / "share" / "flashrt_ros" / "kernels"
+    assert K.kernel_search_path() == [repo, packaged]
+    expected = [d for d in (repo, packaged) if K._has_sources(d)]
+    if expected:
+        assert K.find_kernels_dir() == expected[0]
+    else:
+        with pytest.raises(FileNotFoundError, match="not found; looked in"):
+            K.find_kernels_dir()
 
     share = tmp_path / "share" / "flashrt_ros"
     _copy_sources(share / "kernels")
