@@ -182,13 +182,15 @@ class Engine:
         return state
 
     def reset(self) -> None:
-        """Back to the state right after start-up (subtask cleared): bytes restored, no recapture."""
+        """Back to the state right after start-up (task and subtask cleared): bytes restored, no
+        recapture. The host sets the next episode's task."""
         self.synchronize()
         with self.channel.lock:
             self.capsules.restore("initial")
             self.channel.reset_host_state()
         self.synchronize()
         self._subtask_texts = {0: ""}
+        self._task_text = ""
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

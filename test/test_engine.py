@@ -90,6 +90,9 @@ def test_reset_restores_the_start_up_bytes_without_recapture(engine, scene):
     engine.reset()
     assert engine.capsules.matches("initial")
     assert engine.subtask.version == 0 and engine.subtask.text == ""
+    assert engine.task == ""  # the task bytes were restored too: no stale task text
+    with pytest.raises(ValueError, match="no task"):
+        engine.plan(*cams(obs))
     assert engine.actor_graph is graph
     engine.set_task(world.task_text)
     state = engine.plan(*cams(obs))

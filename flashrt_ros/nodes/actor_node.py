@@ -1,0 +1,189 @@
+"""The actor node: cameras and joint states in, action chunks and trajectories out; episode control.
+
+The actor itself runs on the host's dispatcher at `actor_hz` (PolicyLoop); callbacks here only
+convert and store the latest inputs. Lifecycle: configure loads the shared engine and creates the
+topics; activate starts issuing chunks (when an episode runs); deactivate stops issuing at the
+chunk boundary and publishes a stop, keeping the episode and the engine state.
+
+Services (std_srvs/Trigger): flashrt/start, flashrt/stop, flashrt/reset, flashrt/ready; they and
+/diagnostics answer in every lifecycle state.
+"""
+from __future__ import annotations
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from flashrt_ros.msg import ActionChunk
+
+from .conversions import (InputError, image_from_compressed, image_from_msg, joint_positions_from_msg,
+                          stamp_to_ns)
+from .diagnostics import build_report
+from .inputs import Frame
+from .params import CameraConfig, declare_host_parameters, host_parameter_overrides
+from .policy_loop import PolicyLoop
+
+JOINT_STATES_TOPIC = "joint_states"
+INTERRUPT_TOPIC = "flashrt/interrupt"
+ACTION_CHUNK_TOPIC = "flashrt/action_chunk"
+TRAJECTORY_TOPIC = "flashrt/joint_trajectory"
+DIAGNOSTICS_TOPIC = "/diagnostics"
+
+
+class ActorNode(LifecycleNode):
+    def __init__(self, loop: PolicyLoop, **node_kwargs):
+        super().__init__("flashrt_actor", parameter_overrides=host_parameter_overrides(loop.config),
+                         **node_kwargs)
+        declare_host_parameters(self, loop.config)
+        self.loop = loop
+        self._inputs_group = ReentrantCallbackGroup()       # camera/joint callbacks never wait on each other
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        self._subs = []
+        self._chunk_pub = self._trajectory_pub = None
+        self._episode_services = [   # (not `_services`: rclpy.Node keeps its own list there)
+            self.create_service(Trigger, "flashrt/start", self._on_start, callback_group=self._control_group),
+            self.create_service(Trigger, "flashrt/stop", self._on_stop, callback_group=self._control_group),
+            self.create_service(Trigger, "flashrt/reset", self._on_reset, callback_group=self._control_group),
+            self.create_service(Trigger, "flashrt/ready", self._on_ready, callback_group=self._control_group),
+        ]
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._diag_timer = self.create_timer(1.0 / loop.config.diagnostics_hz, self.publish_diagnostics,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        loop.record_topics["diagnostics"] = (self._diag_pub.topic_name, DiagnosticArray)
+
+    def now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.loop.configure("actor")
+        except Exception as exc:
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        cfg = self.loop.config
+        self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, ACTION_CHUNK_TOPIC, 10)
+        self._trajectory_pub = self.create_lifecycle_publisher(JointTrajectory, TRAJECTORY_TOPIC, 10)
+        for cam in cfg.cameras:
+            kind = CompressedImage if cam.compressed else Image
+            sub = self.create_subscription(kind, cam.topic, lambda msg, cam=cam: self._on_image(msg, cam),
+                                           qos_profile_sensor_data, callback_group=self._inputs_group)
+            self._subs.append(sub)
+            self.loop.record_topics[f"camera.{cam.name}"] = (sub.topic_name, kind)
+        joints = self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state,
+                                          qos_profile_sensor_data, callback_group=self._inputs_group)
+        interrupt = self.create_subscription(String, INTERRUPT_TOPIC, self._on_interrupt, 10,
+                                             callback_group=self._control_group)
+        self._subs += [joints, interrupt]
+        self.loop.record_topics.update({
+            "joint_states": (joints.topic_name, JointState), "interrupt": (interrupt.topic_name, String),
+            "action_chunk": (self._chunk_pub.topic_name, ActionChunk),
+            "joint_trajectory": (self._trajectory_pub.topic_name, JointTrajectory)})
+        self.get_logger().info("configured: cameras " + ", ".join(
+            f"{c.name} <- {s.topic_name} ({'compressed' if c.compressed else 'raw'})"
+            for c, s in zip(cfg.cameras, self._subs)))
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)        # activates the lifecycle publishers first
+        self.loop.set_active("actor", True)
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.loop.set_active("actor", False)        # the stop goes out while the publishers are active
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._destroy_topics()
+        self.loop.cleanup("actor")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.loop.stop(reason="lifecycle shutdown")
+        self.loop.set_active("actor", False)
+        self._destroy_topics()
+        self.loop.cleanup("actor")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _destroy_topics(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        for pub in (self._chunk_pub, self._trajectory_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub) if hasattr(self, "destroy_lifecycle_publisher") \
+                    else self.destroy_publisher(pub)
+        self._chunk_pub = self._trajectory_pub = None
+
+    # --- input callbacks: convert, validate, store the latest --------------------------------------
+    def _on_image(self, msg, cam: CameraConfig) -> None:
+        received = time.monotonic()
+        try:
+            image, encoding = image_from_compressed(msg) if cam.compressed else image_from_msg(msg)
+        except InputError as err:
+            self.loop.reject_input(cam.name, f"camera {cam.name!r}: {err}")
+            return
+        stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
+        self.loop.inputs.put_frame(cam.name, Frame(image, encoding, stamp, received))
+        self.loop.record_input(f"camera.{cam.name}", msg)
+        self.loop.on_input()
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        received = time.monotonic()
+        try:
+            positions = joint_positions_from_msg(msg, self.loop.config.joint_names)
+        except InputError as err:
+            self.loop.reject_input("joint_states", str(err))
+            return
+        stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
+        self.loop.inputs.put_joints(positions, stamp, received)
+        self.loop.record_input("joint_states", msg)
+        self.loop.on_input()
+
+    def _on_interrupt(self, msg: String) -> None:
+        # An interrupt always stops; an oversized reason is only shortened.
+        reason = msg.data.strip()
+        if len(reason) > 200:
+            reason = reason[:200] + "..."
+        self.loop.record_input("interrupt", msg)
+        self.loop.interrupt(reason or "interrupt")
+
+    # --- services ----------------------------------------------------------------------------------
+    def _on_start(self, request, response):
+        response.success, response.message = self.loop.start()
+        return response
+
+    def _on_stop(self, request, response):
+        response.success, response.message = self.loop.stop()
+        return response
+
+    def _on_reset(self, request, response):
+        response.success, response.message = self.loop.reset()
+        return response
+
+    def _on_ready(self, request, response):
+        response.success, response.message = self.loop.readiness()
+        return response
+
+    # --- outputs -----------------------------------------------------------------------------------
+    def publish_chunk(self, msg: ActionChunk) -> None:
+        pub = self._chunk_pub
+        if pub is not None:
+            pub.publish(msg)
+
+    def publish_trajectory(self, msg: JointTrajectory) -> None:
+        pub = self._trajectory_pub
+        if pub is not None:
+            pub.publish(msg)
+
+    def publish_diagnostics(self) -> None:
+        msg = build_report(self.loop, self.now_ns())
+        self._diag_pub.publish(msg)
+        self.loop.record("diagnostics", msg)

@@ -1,0 +1,186 @@
+"""What the host reports on /diagnostics: rates achieved, latency p50/p99, deadline misses, stale
+inputs, rejected inputs, faults and readiness, as `diagnostic_msgs/DiagnosticArray`.
+
+One status per concern, named `flashrt: <concern>` with the hardware id `flashrt_host`:
+host (readiness, episode), actor (chunks), planner (subtasks), inputs (cameras, joint states).
+Values are strings, as the message requires; times are in milliseconds, rates in Hz.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+from .conversions import ns_to_stamp
+
+if TYPE_CHECKING:
+    from .policy_loop import PolicyLoop
+
+HARDWARE_ID = "flashrt_host"
+RECENT_S = 5.0            # a rejected input or a fault this recent raises the level
+RATE_WINDOW_S = 5.0
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+class Meter:
+    """Event times and (optionally) a latency per event: rate over a window, p50/p99 latency."""
+
+    def __init__(self, maxlen: int = 1024):
+        self._times: deque[float] = deque(maxlen=maxlen)
+        self._latencies: deque[float] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, latency_s: float | None = None, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+            if latency_s is not None:
+                self._latencies.append(float(latency_s))
+            self.count += 1
+
+    def rate(self, now: float | None = None, window: float = RATE_WINDOW_S) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._times if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+
+    def percentiles(self, *qs: float) -> list[float]:
+        with self._lock:
+            lat = np.asarray(self._latencies, dtype=np.float64)
+        return [float(np.percentile(lat, q)) if lat.size else float("nan") for q in qs]
+
+    def intervals(self) -> np.ndarray:
+        with self._lock:
+            return np.diff(np.asarray(self._times, dtype=np.float64))
+
+
+def _ms(seconds: float) -> str:
+    return "nan" if seconds != seconds else f"{seconds * 1e3:.2f}"
+
+
+def _status(name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=f"flashrt: {name}", message=message, hardware_id=HARDWARE_ID,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def build_report(loop: "PolicyLoop", stamp_ns: int) -> DiagnosticArray:
+    now = time.monotonic()
+    return DiagnosticArray(header=_header(stamp_ns), status=[
+        _host_status(loop), _actor_status(loop, now), _planner_status(loop, now), _inputs_status(loop, now)])
+
+
+def _header(stamp_ns: int):
+    from std_msgs.msg import Header
+    return Header(stamp=ns_to_stamp(stamp_ns))
+
+
+def _host_status(loop: "PolicyLoop") -> DiagnosticStatus:
+    ready, why = loop.readiness()
+    level = OK if ready else WARN
+    if loop.configure_error:
+        level = ERROR
+    values = {
+        "ready": str(ready).lower(), "configured": str(loop.engine is not None).lower(),
+        "actor_active": str(loop.active["actor"]).lower(), "planner_active": str(loop.active["planner"]).lower(),
+        "episode_id": loop.episode_id, "episode_running": str(loop.running).lower(),
+        "interrupted": loop.interrupted or "", "recording": loop.recording_path or "",
+        "device": str(loop.engine.device) if loop.engine is not None else "",
+        "configure_error": loop.configure_error or "",
+        "faults": loop.fault_count, "last_fault": loop.last_fault,
+    }
+    return _status("host", level, why, values)
+
+
+def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
+    sched = loop.scheduler_summary().get("actor", {})
+    inf50, inf99 = loop.inference.percentiles(50, 99)
+    e2e50, e2e99 = loop.chunk_latency.percentiles(50, 99)
+    cyc50, cyc99 = sched.get("latency_p50_s", float("nan")), sched.get("latency_p99_s", float("nan"))
+    jitter = loop.chunks.intervals()
+    values = {
+        "target_hz": f"{loop.config.actor_hz:g}",
+        "chunk_rate_hz": f"{loop.chunks.rate(now):.2f}",
+        "cycle_rate_hz": f"{sched.get('rate_hz', 0.0):.2f}",
+        "chunks_published": loop.chunks.count,
+        "inference_latency_p50_ms": _ms(inf50), "inference_latency_p99_ms": _ms(inf99),
+        "chunk_latency_p50_ms": _ms(e2e50), "chunk_latency_p99_ms": _ms(e2e99),
+        "cycle_latency_p50_ms": _ms(cyc50), "cycle_latency_p99_ms": _ms(cyc99),
+        "chunk_interval_jitter_ms": _ms(float(np.std(jitter))) if jitter.size > 2 else "nan",
+        "deadline_misses": sched.get("deadline_misses", 0),
+        "skipped_releases": sched.get("skipped_releases", 0),
+        "actions_dropped_in_past": loop.dropped_actions,
+        "chunks_all_in_past": loop.late_chunks,
+        "chunks_rejected_nonfinite": loop.rejected_chunks,
+        "stops_published": loop.stops_published,
+        "holding": loop.holding or "",
+        "faults": loop.actor_faults, "last_error": loop.actor_error,
+    }
+    if loop.actor_error and now - loop.actor_error_at <= RECENT_S:
+        level, message = ERROR, f"actor fault: {loop.actor_error}"
+    elif loop.holding and loop.running:
+        level, message = WARN, f"holding: {loop.holding}"
+    elif loop.running and loop.interrupted is None and loop.waiting:
+        level, message = OK, loop.waiting
+    elif loop.running and loop.interrupted is None:
+        level, message = OK, f"issuing chunks at {loop.chunks.rate(now):.1f} Hz"
+    else:
+        level, message = OK, "idle (no episode running)" if not loop.running else f"interrupted: {loop.interrupted}"
+    return _status("actor", level, message, values)
+
+
+def _planner_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
+    sched = loop.scheduler_summary().get("planner", {})
+    sub = loop.engine.subtask if loop.engine is not None else None
+    values = {
+        "target_hz": f"{loop.config.planner_hz:g}",
+        "rate_hz": f"{sched.get('rate_hz', 0.0):.2f}",
+        "latency_p50_ms": _ms(sched.get("latency_p50_s", float("nan"))),
+        "latency_p99_ms": _ms(sched.get("latency_p99_s", float("nan"))),
+        "deadline_misses": sched.get("deadline_misses", 0),
+        "faults": sched.get("faults", 0), "last_error": loop.planner_error or "",
+        "task": loop.task_text, "subtask": sub.text if sub else "",
+        "subtask_version": sub.version if sub else 0, "subtask_source": sub.source if sub else "",
+        "coached": str(loop.coached).lower(),
+        "rejected_task_or_coach": loop.rejected_texts, "last_rejected": loop.last_rejected_text,
+    }
+    if loop.planner_error:
+        level, message = ERROR, f"planner fault (the actor keeps the last good subtask): {loop.planner_error}"
+    elif loop.last_rejected_text and now - loop.last_rejected_text_at <= RECENT_S:
+        level, message = WARN, f"rejected: {loop.last_rejected_text}"
+    elif not loop.task_text:
+        level, message = OK, "waiting for a task on /flashrt/task"
+    else:
+        level, message = OK, f"subtask {sub.text!r} (v{sub.version}, {sub.source})" if sub else "not configured"
+    return _status("planner", level, message, values)
+
+
+def _inputs_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
+    ages = loop.inputs.ages(now)
+    values: dict[str, object] = {}
+    recent_errors = []
+    for source, stats in loop.inputs.stats.items():
+        age = ages.get(source, float("inf"))
+        values[f"{source}.age_ms"] = "inf" if age == float("inf") else f"{age * 1e3:.1f}"
+        values[f"{source}.received"] = stats.received
+        values[f"{source}.rejected"] = stats.rejected
+        values[f"{source}.last_error"] = stats.last_error
+        if stats.last_error and now - stats.last_error_at <= RECENT_S:
+            recent_errors.append(f"{source}: {stats.last_error}")
+    values["stale_events"] = loop.stale_events
+    values["unsynced_cycles"] = loop.inputs.unsynced
+    stale = loop.holding if loop.holding_stale else ""
+    values["stale"] = stale
+    if recent_errors:
+        level, message = WARN, "rejected input: " + "; ".join(recent_errors)
+    elif stale:
+        level, message = WARN, stale
+    else:
+        level, message = OK, "inputs fresh"
+    return _status("inputs", level, message, values)

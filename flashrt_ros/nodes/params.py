@@ -1,0 +1,470 @@
+"""The host's configuration: one loader, one validator, clear errors.
+
+Precedence, highest first: command line > environment (`FLASHRT_*`) > params file > defaults.
+
+- Params file: a ROS 2 parameters YAML (`/**: {ros__parameters: {...}}` or per node name), so the
+  same file works with `--ros-args --params-file`. Nested keys flatten with dots, as rcl does
+  (`camera: {top: {topic: x}}` is `camera.top.topic`).
+- Environment: `FLASHRT_<NAME>` with dots written as `__` (`FLASHRT_ACTOR_HZ=20`,
+  `FLASHRT_CAMERA__TOP__TOPIC=/cam`). Lists are comma separated, optionally in brackets.
+- Command line: `--set name=value` (repeatable), or `--ros-args -p name:=value` as `ros2 run` and
+  launch pass them. `--params-file F` / `--ros-args --params-file F` name the file layer.
+
+Every value is checked against its type and range; an error names the parameter, the value, where
+it came from and what is allowed. No ROS imports: this module is testable without rclpy.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+ENV_PREFIX = "FLASHRT_"
+MAX_TEXT_BYTES = 1024  # coaching/task texts longer than this are refused (issue 3)
+# Parameters rclpy handles itself; accepted in params files and ignored here.
+ROS_OWNED = frozenset({"use_sim_time", "start_type_description_service", "qos_overrides"})
+
+
+class ConfigError(ValueError):
+    """A parameter is missing, unknown, mistyped or out of range. The message says which."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type                      # bool, int, float, str, list (of str or float: see item)
+    default: Any
+    help: str
+    check: Callable[[Any], str | None] = lambda v: None   # returns what is allowed, or None if ok
+    item: type | None = None        # element type of a list parameter
+
+
+def _in(lo: float, hi: float, lo_open: bool = False, unit: str = "") -> Callable[[Any], str | None]:
+    def check(v):
+        ok = (lo < v if lo_open else lo <= v) and v <= hi and not (isinstance(v, float) and math.isnan(v))
+        return None if ok else f"{'(' if lo_open else '['}{lo:g}, {hi:g}]{(' ' + unit) if unit else ''}"
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+
+def _device(v: str) -> str | None:
+    v = v.strip().lower()
+    if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return None
+    return "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _non_empty_names(v: list) -> str | None:
+    if not v or any(not s or not s.strip() for s in v) or len(set(v)) != len(v):
+        return "a non-empty list of distinct, non-empty names"
+    return None
+
+
+def _text(v: str) -> str | None:
+    return None if len(v.encode("utf-8")) <= MAX_TEXT_BYTES else f"at most {MAX_TEXT_BYTES} bytes"
+
+
+PARAMS: tuple[Param, ...] = (
+    # --- model -----------------------------------------------------------------------------------
+    Param("preset", str, "reference", "model size preset (flashrt_ros.models.config.PRESETS)"),
+    Param("checkpoint", str, "", "checkpoint directory (config.json + safetensors); '' = the preset's shipped weights"),
+    Param("device", str, "auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'; cuda without a GPU is an error", _device),
+    Param("seed", int, 0, "seed of the flow-matching noise (runs are reproducible per seed)", _in(0, 2**31 - 1)),
+    Param("planner_pieces", int, 1, "graphs the planner is cut into, so the actor can run between them", _in(1, 64)),
+    # --- cameras ---------------------------------------------------------------------------------
+    Param("cameras", list, ["top"], "camera names, in the order the model takes them; each has camera.<name>.topic "
+          "and camera.<name>.transport", _non_empty_names, item=str),
+    Param("camera_sync_slop_s", float, 0.05, "cameras are used together only when their stamps are this close", _in(0.0, 10.0, unit="s")),
+    Param("camera_timeout_s", float, 0.5, "a camera with no valid image for this long is stale: hold", _in(0.0, 3600.0, True, "s")),
+    # --- joints ----------------------------------------------------------------------------------
+    Param("joint_names", list, ["joint_x", "joint_y"], "joints the policy commands, in model order", _non_empty_names, item=str),
+    Param("joint_lower_limits", list, [0.0, 0.0], "lower position limit per joint; actions are clamped", item=float),
+    Param("joint_upper_limits", list, [1.0, 1.0], "upper position limit per joint; actions are clamped", item=float),
+    Param("max_velocity", list, [0.5, 0.5], "velocity limit per joint (> 0); chunk velocities are clamped", item=float),
+    Param("joint_state_timeout_s", float, 0.5, "no valid /joint_states for this long is stale: hold", _in(0.0, 3600.0, True, "s")),
+    # --- rates and chunks ------------------------------------------------------------------------
+    Param("planner_hz", float, 2.0, "planner releases per second", _in(0.0, 1000.0, True, "Hz")),
+    Param("actor_hz", float, 10.0, "actor releases (chunks) per second; the actor's deadline is one period",
+          _in(0.0, 1000.0, True, "Hz")),
+    Param("actor_trigger", str, "timer", "'timer': the actor runs every 1/actor_hz; 'observation': once per new "
+          "complete observation (every camera and the joints stamped within camera_sync_slop_s), for lock-step "
+          "simulation and bag replay", _one_of("timer", "observation")),
+    Param("horizon", int, 0, "actions published per chunk; 0 = the model's horizon", _in(0, 100000)),
+    Param("chunk_dt", float, 0.0, "seconds between published actions; 0 = the model's chunk_dt", _in(0.0, 10.0, unit="s")),
+    Param("overlap_policy", str, "replace", "a new chunk 'replace's the previous one, or 'blend's into it "
+          "over blend_steps actions", _one_of("replace", "blend")),
+    Param("blend_steps", int, 4, "actions over which 'blend' cross-fades from the previous chunk", _in(1, 100000)),
+    # --- task and coaching -----------------------------------------------------------------------
+    Param("task", str, "", "task set at start-up and after every reset ('' = wait for /flashrt/task)", _text),
+    Param("coach_hold_s", float, 0.0, "after coaching, the planner resumes after this long; 0 = at the next task",
+          _in(0.0, 86400.0, unit="s")),
+    # --- episode, recording, diagnostics ---------------------------------------------------------
+    Param("autostart", bool, True, "configure, activate and start an episode at launch"),
+    Param("record_dir", str, "", "directory for one MCAP bag per episode; '' = no recording"),
+    Param("record_image_every", int, 5, "record every Nth image of each camera", _in(1, 1000000)),
+    Param("record_joint_states_every", int, 1, "record every Nth /joint_states message", _in(1, 1000000)),
+    Param("diagnostics_hz", float, 1.0, "/diagnostics publications per second", _in(0.0, 100.0, True, "Hz")),
+)
+SPECS: dict[str, Param] = {p.name: p for p in PARAMS}
+CAMERA_KEYS = ("topic", "transport")
+TRANSPORTS = ("raw", "compressed")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str
+    topic: str
+    compressed: bool
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    preset: str = "reference"
+    checkpoint: str = ""
+    device: str = "auto"
+    seed: int = 0
+    planner_pieces: int = 1
+    cameras: tuple[CameraConfig, ...] = (CameraConfig("top", "camera/top/image_raw", False),)
+    camera_sync_slop_s: float = 0.05
+    camera_timeout_s: float = 0.5
+    joint_names: tuple[str, ...] = ("joint_x", "joint_y")
+    joint_lower_limits: tuple[float, ...] = (0.0, 0.0)
+    joint_upper_limits: tuple[float, ...] = (1.0, 1.0)
+    max_velocity: tuple[float, ...] = (0.5, 0.5)
+    joint_state_timeout_s: float = 0.5
+    planner_hz: float = 2.0
+    actor_hz: float = 10.0
+    actor_trigger: str = "timer"
+    horizon: int = 0
+    chunk_dt: float = 0.0
+    overlap_policy: str = "replace"
+    blend_steps: int = 4
+    task: str = ""
+    coach_hold_s: float = 0.0
+    autostart: bool = True
+    record_dir: str = ""
+    record_image_every: int = 5
+    record_joint_states_every: int = 1
+    diagnostics_hz: float = 1.0
+    # where each value came from ("default", "file <path>", "env FLASHRT_X", "cli"), for logs
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def as_parameters(self) -> dict[str, Any]:
+        """Flat {ROS parameter name: value}: what the nodes declare (read-only) for introspection."""
+        out: dict[str, Any] = {}
+        for p in PARAMS:
+            v = getattr(self, p.name)
+            if p.name == "cameras":
+                v = [c.name for c in v]
+            out[p.name] = list(v) if isinstance(v, tuple) else v
+        for cam in self.cameras:
+            out[f"camera.{cam.name}.topic"] = cam.topic
+            out[f"camera.{cam.name}.transport"] = "compressed" if cam.compressed else "raw"
+        return out
+
+    @property
+    def joint_limits(self):
+        import numpy as np
+        return np.stack([np.asarray(self.joint_lower_limits, np.float32),
+                         np.asarray(self.joint_upper_limits, np.float32)], axis=1)
+
+
+def default_camera_topic(name: str, compressed: bool) -> str:
+    return f"camera/{name}/image_raw" + ("/compressed" if compressed else "")
+
+
+# --- loading ---------------------------------------------------------------------------------------
+def load_config(params_files: Sequence[str | Path] = (), env: Mapping[str, str] | None = None,
+                cli: Sequence[tuple[str, str]] = ()) -> HostConfig:
+    """Merge the layers (files in order, then env, then CLI `(name, value)` pairs) and validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[Any, str]] = {}                   # name -> (value, source)
+    for path in params_files:
+        for name, value in read_params_file(path).items():
+            raw[name] = (value, f"params file {path}")
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            name = key[len(ENV_PREFIX):].lower().replace("__", ".")
+            if name in SPECS or name.startswith("camera."):
+                raw[name] = (value, f"environment {key}")
+    for name, value in cli:
+        raw[name.strip()] = (value, "command line")
+    return build_config(raw)
+
+
+def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
+    """Type-check and range-check every value; resolve per-camera parameters."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    camera_raw: dict[tuple[str, str], tuple[Any, str]] = {}
+    for name, (value, source) in raw.items():
+        if name in ROS_OWNED:
+            continue
+        if name.startswith("camera."):
+            parts = name.split(".")
+            if len(parts) != 3 or parts[2] not in CAMERA_KEYS:
+                raise ConfigError(f"unknown parameter {name!r} (from {source}): camera parameters are "
+                                  f"camera.<name>.topic and camera.<name>.transport")
+            camera_raw[(parts[1], parts[2])] = (value, source)
+            continue
+        spec = SPECS.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown parameter {name!r} (from {source}); known: {', '.join(sorted(SPECS))}, "
+                              f"camera.<name>.topic, camera.<name>.transport")
+        values[name] = _coerce(spec, value, source)
+        sources[name] = source
+    for spec in PARAMS:
+        values.setdefault(spec.name, list(spec.default) if isinstance(spec.default, list) else spec.default)
+        sources.setdefault(spec.name, "default")
+        allowed = spec.check(values[spec.name])
+        if allowed is not None:
+            raise ConfigError(f"parameter {spec.name!r} = {values[spec.name]!r} (from {sources[spec.name]}) "
+                              f"is not allowed: expected {allowed}")
+
+    names = values["cameras"]
+    for (cam, key), (_, source) in camera_raw.items():
+        if cam not in names:
+            raise ConfigError(f"parameter 'camera.{cam}.{key}' (from {source}) names camera {cam!r}, "
+                              f"which is not in 'cameras' {names}")
+    cameras = []
+    for cam in names:
+        transport, t_src = camera_raw.get((cam, "transport"), ("raw", "default"))
+        transport = str(transport).strip().lower()
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"parameter 'camera.{cam}.transport' = {transport!r} (from {t_src}) is not allowed: "
+                              f"expected one of 'raw', 'compressed'")
+        compressed = transport == "compressed"
+        topic, p_src = camera_raw.get((cam, "topic"), (default_camera_topic(cam, compressed), "default"))
+        topic = str(topic).strip()
+        if not topic:
+            raise ConfigError(f"parameter 'camera.{cam}.topic' (from {p_src}) is empty")
+        cameras.append(CameraConfig(cam, topic, compressed))
+
+    d = len(values["joint_names"])
+    for key in ("joint_lower_limits", "joint_upper_limits", "max_velocity"):
+        if len(values[key]) != d:
+            raise ConfigError(f"parameter {key!r} has {len(values[key])} values (from {sources[key]}), "
+                              f"but 'joint_names' has {d} joints: give one per joint")
+        if not all(math.isfinite(x) for x in values[key]):
+            raise ConfigError(f"parameter {key!r} = {values[key]} (from {sources[key]}) must be finite numbers")
+    for i, j in enumerate(values["joint_names"]):
+        lo, hi = values["joint_lower_limits"][i], values["joint_upper_limits"][i]
+        if lo > hi:
+            raise ConfigError(f"joint {j!r}: joint_lower_limits {lo:g} > joint_upper_limits {hi:g}")
+        if values["max_velocity"][i] <= 0:
+            raise ConfigError(f"joint {j!r}: max_velocity {values['max_velocity'][i]:g} must be > 0")
+    if values["checkpoint"] and not Path(values["checkpoint"]).expanduser().is_dir():
+        raise ConfigError(f"parameter 'checkpoint' = {values['checkpoint']!r} (from {sources['checkpoint']}) "
+                          f"is not a directory")
+
+    tuples = {k: tuple(v) for k, v in values.items() if isinstance(v, list) and k != "cameras"}
+    values.update(tuples)
+    values["cameras"] = tuple(cameras)
+    values["device"] = values["device"].strip().lower()
+    return HostConfig(**values, sources=sources)
+
+
+def _coerce(spec: Param, value: Any, source: str) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"parameter {spec.name!r} = {value!r} (from {source}) is not {expected}")
+
+    if spec.kind is list:
+        items = _split_list(value) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise fail(f"a list of {spec.item.__name__}")
+        try:
+            return [_scalar(spec.item, x) for x in items]
+        except (TypeError, ValueError):
+            raise fail(f"a list of {spec.item.__name__}") from None
+    try:
+        return _scalar(spec.kind, value)
+    except (TypeError, ValueError):
+        raise fail({bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+                   [spec.kind]) from None
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.strip().lower() in ("true", "1", "yes", "on")
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value.strip()) if isinstance(value, str) else int(value)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if kind is str:
+        if isinstance(value, (list, dict, tuple)):
+            raise ValueError(value)
+        return "" if value is None else str(value)
+    raise TypeError(kind)
+
+
+def _split_list(text: str) -> list[str]:
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [s.strip().strip("'\"") for s in text.split(",") if s.strip()]
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """{parameter: value} from a ROS 2 params YAML; every `ros__parameters` block, in file order."""
+    path = Path(path).expanduser()
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - PyYAML comes with rclpy's dependencies
+        raise ConfigError("reading a params file needs PyYAML (pip install pyyaml)") from None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read params file {str(path)!r}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    out: dict[str, Any] = {}
+    blocks = _ros_parameter_blocks(data)
+    if not blocks:
+        raise ConfigError(f"params file {str(path)!r} has no 'ros__parameters' block; write\n"
+                          f"/**:\n  ros__parameters:\n    actor_hz: 10.0")
+    for block in blocks:
+        if not isinstance(block, dict):
+            raise ConfigError(f"params file {str(path)!r}: 'ros__parameters' must map names to values")
+        out.update(_flatten(block))
+    return out
+
+
+def _ros_parameter_blocks(node: Any) -> list[dict]:
+    if not isinstance(node, dict):
+        return []
+    if "ros__parameters" in node:
+        return [node["ros__parameters"] or {}]
+    blocks = []
+    for value in node.values():
+        blocks += _ros_parameter_blocks(value)
+    return blocks
+
+
+def _flatten(block: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in block.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+# --- the command line ------------------------------------------------------------------------------
+HOST_USAGE = """usage: flashrt-ros host [--params-file FILE] [--set NAME=VALUE ...] [--print-config]
+                        [--ros-args ...]
+
+Runs the flashrt_ros host: planner + actor lifecycle nodes in one process.
+Configuration precedence: --set / --ros-args -p NAME:=VALUE > FLASHRT_<NAME> environment variables
+> params file(s) > defaults. `--print-config` prints the merged parameters and exits.
+"""
+
+
+@dataclass
+class HostArgs:
+    config: HostConfig
+    ros_args: list[str]          # passed to rclpy.init (remaps, log level, use_sim_time, ...)
+    print_config: bool = False
+
+
+def parse_host_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> HostArgs:
+    """Split our options from the ROS arguments and load the configuration (ConfigError on bad input)."""
+    argv = list(argv)
+    ours, ros = argv, []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        ours, ros = argv[:i], argv[i:]
+    files: list[str] = []
+    cli: list[tuple[str, str]] = []
+    print_config = False
+    it = iter(ours)
+    for arg in it:
+        if arg in ("-h", "--help"):
+            print(HOST_USAGE + "\nParameters:\n" + describe_parameters())
+            raise SystemExit(0)
+        if arg == "--print-config":
+            print_config = True
+        elif arg == "--params-file" or arg.startswith("--params-file="):
+            files.append(arg.split("=", 1)[1] if "=" in arg else _next(it, arg))
+        elif arg == "--set" or arg.startswith("--set="):
+            item = arg.split("=", 1)[1] if arg.startswith("--set=") else _next(it, arg)
+            if "=" not in item:
+                raise ConfigError(f"--set expects NAME=VALUE, got {item!r}")
+            name, value = item.split("=", 1)
+            cli.append((name, value))
+        else:
+            raise ConfigError(f"unknown argument {arg!r}\n\n{HOST_USAGE}")
+    # ROS arguments: --params-file is the file layer, -p NAME:=VALUE the command-line layer.
+    it = iter(ros)
+    for arg in it:
+        if arg == "--params-file":
+            files.append(_next(it, arg))
+        elif arg in ("-p", "--param"):
+            item = _next(it, arg)
+            if ":=" not in item:
+                raise ConfigError(f"{arg} expects NAME:=VALUE, got {item!r}")
+            name, value = item.split(":=", 1)
+            if name.split(":", 1)[-1] not in ROS_OWNED:   # node-prefixed form 'node:name:=v'
+                cli.append((name.split(":", 1)[-1], _yaml_scalar(value)))
+    return HostArgs(load_config(files, env, cli), ros, print_config)
+
+
+def _yaml_scalar(text: str) -> Any:
+    """`-p` values are YAML (rcl parses them so): `[a, b]`, `true`, `1.5`, `'text'`."""
+    try:
+        import yaml
+        return yaml.safe_load(text) if text.strip() else ""
+    except Exception:
+        return text
+
+
+def _next(it, flag: str) -> str:
+    try:
+        return next(it)
+    except StopIteration:
+        raise ConfigError(f"{flag} needs a value") from None
+
+
+def describe_parameters() -> str:
+    lines = []
+    for p in PARAMS:
+        lines.append(f"  {p.name} ({p.kind.__name__}{'[' + p.item.__name__ + ']' if p.item else ''}, "
+                     f"default {p.default!r}): {p.help}")
+    lines.append("  camera.<name>.topic (str, default 'camera/<name>/image_raw[/compressed]'): image topic")
+    lines.append("  camera.<name>.transport (str, default 'raw'): 'raw' (sensor_msgs/Image) or "
+                 "'compressed' (sensor_msgs/CompressedImage, jpeg or png)")
+    return "\n".join(lines)
+
+
+# --- as ROS parameters (rclpy imported here only) --------------------------------------------------
+def host_parameter_overrides(config: HostConfig) -> list:
+    """The merged values as node parameter overrides: they take precedence over rcl's own reading
+    of `--params-file`/`-p`, so what a node declares is exactly what the host runs with."""
+    from rclpy.parameter import Parameter
+    return [Parameter(name, value=value) for name, value in config.as_parameters().items()]
+
+
+def declare_host_parameters(node, config: HostConfig) -> None:
+    """Declare every host parameter, read-only, with its description: `ros2 param get/describe`
+    show what the host runs with. Changing them means restarting (the graphs are captured)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+    for name, value in config.as_parameters().items():
+        spec = SPECS.get(name)
+        help_ = spec.help if spec else ("image topic" if name.endswith(".topic") else "'raw' or 'compressed'")
+        node.declare_parameter(name, value, ParameterDescriptor(description=help_, read_only=True))

@@ -1,0 +1,569 @@
+"""The host's policy, below the nodes: when to plan, when to issue a chunk, when to hold.
+
+One `PolicyLoop` per process, shared by the planner and actor nodes. It owns the Engine (loaded
+once, whichever node configures first), the MultiRateScheduler that runs the actor at its rate
+with the planner as pieces between actor releases, the latest inputs, the episode (start, stop,
+reset, interrupt), the safety rules and the recording. Nodes only convert messages and call in;
+outputs leave through the `Outputs` the host wires to the publishers.
+
+Threads: ROS callbacks (executor threads) store inputs and change episode state; the scheduler's
+dispatcher thread runs the actor cycle and the planner pieces. `_cycle_lock` makes episode changes
+happen at chunk boundaries; `_engine_lock` serialises everything that touches the engine.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from flashrt_ros.runtime import MultiRateScheduler, Task
+
+from .conversions import action_chunk_msg, hold_trajectory_msg, joint_trajectory_msg, subtask_msg
+from .diagnostics import Meter
+from .inputs import LatestInputs, Stale
+from .params import ConfigError, HostConfig
+
+
+class Outputs(Protocol):
+    def publish_chunk(self, msg) -> None: ...
+    def publish_trajectory(self, msg) -> None: ...
+    def publish_subtask(self, msg) -> None: ...
+
+
+class PolicyLoop:
+    def __init__(self, config: HostConfig, engine_factory: Callable[..., Any] | None = None):
+        self.config = config
+        self._engine_factory = engine_factory
+        # wired by the host once its nodes exist: a logger, the ROS clock (sim time aware), outputs
+        self.log = logging.getLogger("flashrt_host")
+        self.now_ns: Callable[[], int] = time.time_ns
+        self.outputs: Outputs | None = None
+        # key -> (topic name, message type) of everything an episode recording holds; set by the host
+        self.record_topics: dict[str, tuple[str, type]] = {}
+        self.inputs = LatestInputs([c.name for c in config.cameras], config.camera_sync_slop_s,
+                                   config.camera_timeout_s, config.joint_state_timeout_s)
+        self.engine = None
+        self.scheduler: MultiRateScheduler | None = None
+        self.configure_error = ""
+        self.active = {"actor": False, "planner": False}
+        self._users: set[str] = set()
+        self._config_lock = threading.Lock()
+        self._cycle_lock = threading.RLock()
+        self._engine_lock = threading.RLock()
+        self._rec_lock = threading.Lock()
+        # episode state
+        self.episode_id = 0
+        self.running = False
+        self.interrupted: str | None = None
+        self.holding: str | None = None     # why a stop is in force (None: issuing normally)
+        self.holding_stale = False
+        self._moving = False                # a trajectory of ours may be executing (a stop is due)
+        self.waiting = ""                   # why no chunk is issued although nothing is wrong
+        self.chunk_seq = 0
+        self.task_text = ""
+        self._coached_until = -math.inf
+        self._last_chunk: tuple[int, float, np.ndarray, np.ndarray] | None = None
+        self._recorder = None
+        self.recording_path = ""
+        self._run_dir: Path | None = None
+        self._by_observation = config.actor_trigger == "observation"
+        self._acted_stamp = -1              # stamp of the last observation acted on (observation trigger)
+        # statistics
+        self.chunks = Meter()               # published chunks; latency = obs stamp -> ready (ROS time)
+        self.chunk_latency = self.chunks
+        self.inference = Meter()            # engine.act wall time
+        self.dropped_actions = self.late_chunks = self.rejected_chunks = 0
+        self.stops_published = self.stale_events = 0
+        self.actor_faults = 0
+        self.actor_error, self.actor_error_at = "", -math.inf
+        self.planner_error = ""
+        self.fault_count, self.last_fault = 0, ""
+        self.rejected_texts, self.last_rejected_text, self.last_rejected_text_at = 0, "", -math.inf
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def configure(self, user: str) -> None:
+        """Load the engine and capture its graphs (once for all users); start the dispatcher with
+        both tasks disabled. Raises on failure (the node's transition then fails)."""
+        with self._config_lock:
+            self._users.add(user)
+            if self.engine is not None:
+                return
+            try:
+                self._load_engine()
+            except BaseException as exc:
+                self._users.discard(user)
+                self.configure_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self.configure_error = ""
+
+    def _load_engine(self) -> None:
+        cfg = self.config
+        factory = self._engine_factory
+        if factory is None:
+            from flashrt_ros.engine import Engine
+            factory = Engine
+        t0 = time.monotonic()
+        engine = factory(checkpoint=cfg.checkpoint or None, preset=cfg.preset, device=cfg.device, seed=cfg.seed,
+                         joint_limits=cfg.joint_limits, max_velocity=np.asarray(cfg.max_velocity, np.float32),
+                         planner_pieces=cfg.planner_pieces)
+        mc = engine.config
+        if len(cfg.cameras) != mc.n_cameras:
+            raise ConfigError(f"parameter 'cameras' lists {len(cfg.cameras)} camera(s) "
+                              f"{[c.name for c in cfg.cameras]}, the model takes {mc.n_cameras}")
+        if len(cfg.joint_names) != mc.action_dim or mc.state_dim != mc.action_dim:
+            raise ConfigError(f"parameter 'joint_names' lists {len(cfg.joint_names)} joints, "
+                              f"the model's actions have {mc.action_dim}")
+        if cfg.horizon > mc.horizon:
+            raise ConfigError(f"parameter 'horizon' = {cfg.horizon} is not allowed: the model's chunks have "
+                              f"{mc.horizon} actions (use 0..{mc.horizon}; 0 = all)")
+        task = self.task_text or cfg.task
+        if task:
+            try:
+                engine.set_task(task)
+            except ValueError as err:
+                raise ConfigError(f"parameter 'task' = {task!r}: {err}") from None
+        self.task_text = task
+        self.horizon = cfg.horizon or mc.horizon
+        self.dt = cfg.chunk_dt or mc.chunk_dt
+        self.engine = engine
+        period_a, period_p = 1.0 / cfg.actor_hz, 1.0 / cfg.planner_hz
+        self._by_observation = cfg.actor_trigger == "observation"
+        self.scheduler = MultiRateScheduler([
+            Task("actor", [self._actor_cycle], period=None if self._by_observation else period_a,
+                 deadline=period_a, enabled=False),
+            Task("planner", self._planner_pieces(engine), period=period_p, deadline=period_p, enabled=False),
+        ], on_error=self._on_task_error)
+        self.scheduler.start()
+        self.log.info(f"engine ready in {time.monotonic() - t0:.2f} s: preset {mc.name!r} on {engine.device}, "
+                      f"{mc.n_cameras} camera(s) {mc.image_size}px, horizon {self.horizon} x dt {self.dt:g} s, "
+                      f"actor {cfg.actor_hz:g} Hz, planner {cfg.planner_hz:g} Hz in {len(engine.planner_graphs)} piece(s)")
+
+    def cleanup(self, user: str) -> None:
+        """The last user to clean up stops the dispatcher and drops the engine."""
+        with self._config_lock:
+            self._users.discard(user)
+            if self._users or self.engine is None:
+                return
+            self.stop(reason="cleanup")
+            if self.scheduler is not None:
+                self.scheduler.stop()
+            self.scheduler = None
+            self.engine = None
+
+    def set_active(self, role: str, active: bool) -> None:
+        """Activate or deactivate the actor or planner. Deactivating the actor stops issuing chunks
+        at the boundary and publishes a stop; the episode and the engine state are kept."""
+        with self._cycle_lock:
+            if role == "actor" and not active and self._issuing():
+                self._publish_stop("actor deactivated")
+            self.active[role] = active
+            if self.scheduler is not None:
+                self.scheduler.set_enabled(role, active)
+            if role == "actor" and active:
+                self.holding, self.holding_stale = None, False
+
+    def shutdown(self) -> None:
+        """Stop the episode (a stop is published, the recording closed) and the dispatcher."""
+        self.stop(reason="shutdown")
+        with self._config_lock:
+            if self.scheduler is not None:
+                try:
+                    self.scheduler.stop()
+                except RuntimeError as err:
+                    self.log.error(str(err))
+            self.scheduler = None
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.configure_error:
+            return False, f"not ready: configure failed: {self.configure_error}"
+        if self.engine is None:
+            return False, "not ready: not configured (models not loaded)"
+        inactive = [r for r, a in self.active.items() if not a]
+        if inactive:
+            return False, f"not ready: {' and '.join(inactive)} inactive"
+        state = (f"episode {self.episode_id} interrupted ({self.interrupted})" if self.running and self.interrupted
+                 else f"episode {self.episode_id} running" if self.running else "no episode running")
+        return True, f"ready: {state}"
+
+    def scheduler_summary(self) -> dict:
+        s = self.scheduler
+        return s.summary() if s is not None else {}
+
+    # --- episode control ---------------------------------------------------------------------------
+    def start(self) -> tuple[bool, str]:
+        """Start an episode, or resume one after an interrupt."""
+        ready, why = self.readiness()
+        if not ready:
+            return False, why
+        with self._cycle_lock:
+            if self.running and self.interrupted is None:
+                return True, f"episode {self.episode_id} already running"
+            if self.running:
+                self.log.info(f"resuming episode {self.episode_id} after interrupt ({self.interrupted})")
+                self.interrupted = None
+                self.holding, self.holding_stale = None, False
+                message = f"episode {self.episode_id} resumed"
+            else:
+                self._begin_episode()
+                message = f"episode {self.episode_id} started"
+        self.scheduler.trigger("planner")
+        self.scheduler.trigger("actor")
+        return True, message
+
+    def stop(self, reason: str = "stop service") -> tuple[bool, str]:
+        """End the episode: no more chunks, a stop is published, the recording is closed."""
+        with self._cycle_lock:
+            if not self.running:
+                return True, "no episode running"
+            if self._issuing():
+                self._publish_stop(reason)
+            self.running = False
+            self.interrupted = None
+            episode = self.episode_id
+            self._close_recording()
+        self.log.info(f"episode {episode} stopped ({reason})")
+        return True, f"episode {episode} stopped"
+
+    def interrupt(self, reason: str) -> None:
+        """Stop issuing chunks at the boundary, publish a stop, wait for start()."""
+        with self._cycle_lock:
+            if not self.running:
+                self.log.warning(f"interrupt ({reason!r}) with no episode running: nothing to stop")
+                return
+            self.interrupted = reason or "interrupt"
+            self._publish_stop(f"interrupted: {self.interrupted}")
+        self.log.warning(f"interrupted ({self.interrupted}): no chunks until /flashrt/start")
+
+    def reset(self) -> tuple[bool, str]:
+        """Restore the engine's initial capsule (no recapture) and begin a new episode if one was
+        running (its recording is closed, a new one opened). Interrupt state is kept."""
+        if self.engine is None:
+            return False, "not configured"
+        with self._cycle_lock, self._engine_lock:
+            self.engine.reset()
+            self._coached_until = -math.inf
+            self._last_chunk = None
+            self._acted_stamp = -1
+            self.task_text = ""
+            if self.config.task:
+                self.engine.set_task(self.config.task)
+                self.task_text = self.config.task
+            self.holding, self.holding_stale, self.waiting = None, False, ""
+            if self.running:
+                self._close_recording()
+                self._begin_episode()
+            episode = self.episode_id
+        if self.scheduler is not None:
+            self.scheduler.trigger("planner")
+        self.log.info(f"reset: initial state restored (no recapture); episode {episode}"
+                      f"{' running' if self.running else ''}")
+        return True, f"reset to the initial state; episode {episode}" + (" running" if self.running else "")
+
+    def _begin_episode(self) -> None:
+        self.episode_id += 1
+        self._acted_stamp = -1
+        self.running = True
+        self.interrupted = None
+        self.holding, self.holding_stale, self.waiting = None, False, ""
+        self._last_chunk = None
+        self._open_recording()
+        self.log.info(f"episode {self.episode_id} started")
+
+    def _issuing(self) -> bool:
+        return self.running and self.interrupted is None and self.active["actor"] and self.engine is not None
+
+    # --- task and coaching -------------------------------------------------------------------------
+    def set_task(self, text: str) -> tuple[bool, str]:
+        if self.engine is None:
+            self.task_text = text   # applied at configure
+            return True, "task stored; applied when configured"
+        try:
+            with self._engine_lock:
+                self.engine.set_task(text)
+        except ValueError as err:
+            return self.reject_text(f"task refused: {err}")
+        self.task_text = text
+        self._coached_until = -math.inf   # a new task hands control back to the planner
+        self._record("task", _string(text))
+        self.log.info(f"task: {text!r}")
+        if self.scheduler is not None:
+            self.scheduler.trigger("planner")
+        return True, "task set"
+
+    def coach(self, text: str, source: str = "coach") -> tuple[bool, str]:
+        """The text becomes the subtask at once (the shared buffer, no recapture)."""
+        if self.engine is None:
+            return self.reject_text(f"coaching {text!r} refused: not configured")
+        try:
+            with self._engine_lock:
+                state = self.engine.coach(text, source=source)
+        except ValueError as err:
+            return self.reject_text(f"coaching refused: {err}")
+        hold = self.config.coach_hold_s
+        self._coached_until = time.monotonic() + hold if hold > 0 else math.inf
+        self._record("coach", _string(text))
+        self._publish_subtask(state)
+        self.log.info(f"coached: subtask {state.text!r} (v{state.version}); planner resumes "
+                      + (f"in {hold:g} s" if hold > 0 else "at the next task"))
+        return True, f"subtask v{state.version}"
+
+    def reject_text(self, message: str) -> tuple[bool, str]:
+        self.rejected_texts += 1
+        self.last_rejected_text, self.last_rejected_text_at = message, time.monotonic()
+        self.log.warning(message)
+        return False, message
+
+    @property
+    def coached(self) -> bool:
+        return time.monotonic() < self._coached_until
+
+    # --- the planner (pieces on the dispatcher thread) ---------------------------------------------
+    def _planner_pieces(self, engine) -> list[Callable[[], None]]:
+        pieces = engine.planner_pieces(self._planner_images, self._on_plan, lambda: not self.coached)
+
+        def locked(piece):
+            def run():
+                with self._engine_lock:
+                    piece()
+            return run
+        return [locked(p) for p in pieces]
+
+    def _planner_images(self):
+        # The loop's own task, not the engine's: after a reset the engine's task buffer is zeroed.
+        if not (self.running and self.interrupted is None and self.task_text):
+            return None
+        obs = self.inputs.observation(time.monotonic(), need_joints=False)
+        return None if isinstance(obs, Stale) else (obs.images, obs.encodings)
+
+    def _on_plan(self, state) -> None:
+        """The planner ran to the end (state: the new subtask, None when unchanged or held off)."""
+        if self.planner_error:
+            self.log.info("planner recovered")
+            self.planner_error = ""
+        if state is not None:
+            self.log.info(f"planner: subtask {state.text!r} (v{state.version})")
+            self._publish_subtask(state)
+            if self._by_observation and state.version == 1:
+                self.scheduler.trigger("actor")     # the observation that waited for it
+
+    def _on_task_error(self, name: str, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        self._fault(name, message)
+        if name == "planner":
+            self.planner_error = message
+            self.log.error(f"planner fault, the actor keeps the last good subtask: {message}\n"
+                           + "".join(traceback.format_exception(exc)).rstrip())
+
+    # --- the actor cycle (dispatcher thread) -------------------------------------------------------
+    def _actor_cycle(self) -> None:
+        with self._cycle_lock:
+            if not self._issuing():
+                return
+            obs = self.inputs.observation(time.monotonic())
+            if isinstance(obs, Stale):
+                self._hold(obs.reason, stale=True)
+                return
+            if self._by_observation and not self.inputs.complete_after(self._acted_stamp):
+                return              # wait for the rest of this observation (or the next one)
+            engine = self.engine
+            if engine.subtask.version == 0:
+                self.waiting = ("waiting for a task on /flashrt/task" if not self.task_text
+                                else "waiting for the planner's first subtask")
+                return
+            self.waiting = ""
+            self._acted_stamp = obs.stamp_ns
+            self.chunk_seq += 1
+            try:
+                with self._engine_lock:
+                    result = engine.act(obs.images, obs.encodings, obs.joint_positions, self.chunk_seq)
+            except Exception as exc:
+                self._actor_fault(f"{type(exc).__name__}: {exc}")
+                return
+            if result.nonfinite:
+                self.rejected_chunks += 1
+                self._actor_fault("the model produced NaN/inf: chunk rejected")
+                return
+            self._issue(result, obs)
+
+    def _issue(self, result, obs) -> None:
+        cfg = self.config
+        ready_ns = self.now_ns()
+        lo, hi = np.asarray(cfg.joint_lower_limits, np.float32), np.asarray(cfg.joint_upper_limits, np.float32)
+        vmax = np.asarray(cfg.max_velocity, np.float32)
+        positions = np.clip(result.positions[: self.horizon], lo, hi)   # the engine clamps too: defence in depth
+        velocities = np.clip(result.velocities[: self.horizon], -vmax, vmax)
+        if cfg.overlap_policy == "blend":
+            positions, velocities = self._blend(obs.stamp_ns, ready_ns, positions, velocities)
+        try:
+            chunk = action_chunk_msg(positions, joint_names=cfg.joint_names, stamp_ns=obs.stamp_ns, dt=self.dt,
+                                     chunk_seq=self.chunk_seq, episode_id=self.episode_id,
+                                     subtask=result.subtask_text, subtask_version=result.subtask_version,
+                                     inference_latency=result.latency_s)
+            trajectory, dropped = joint_trajectory_msg(positions, velocities, joint_names=cfg.joint_names,
+                                                       stamp_ns=obs.stamp_ns, dt=self.dt, ready_ns=ready_ns)
+        except ValueError as err:
+            self.rejected_chunks += 1
+            self._actor_fault(str(err))
+            return
+        if self.holding is not None:
+            self.log.info(f"inputs fresh again: resuming chunks (was holding: {self.holding})")
+            self.holding, self.holding_stale = None, False
+        self.dropped_actions += dropped
+        self.outputs.publish_chunk(chunk)
+        if trajectory is None:
+            self.late_chunks += 1
+            self.log.warning(f"chunk {self.chunk_seq}: every action is already in the past "
+                          f"({(ready_ns - obs.stamp_ns) / 1e9:.3f} s after the observation): not sent",
+                          throttle_duration_sec=1.0)
+        else:
+            self.outputs.publish_trajectory(trajectory)
+            self._moving = True
+        self._last_chunk = (obs.stamp_ns, self.dt, positions, velocities)
+        self.inference.add(result.latency_s)
+        self.chunks.add((ready_ns - obs.stamp_ns) / 1e9)
+        self._record("action_chunk", chunk, ready_ns)
+        if trajectory is not None:
+            self._record("joint_trajectory", trajectory, ready_ns)
+
+    def _blend(self, stamp_ns: int, ready_ns: int, positions: np.ndarray, velocities: np.ndarray):
+        """Cross-fade from the previous chunk over the first `blend_steps` actions still ahead."""
+        if self._last_chunk is None:
+            return positions, velocities
+        p_stamp, p_dt, p_pos, p_vel = self._last_chunk
+        p_times = p_stamp / 1e9 + p_dt * np.arange(1, len(p_pos) + 1)
+        times = stamp_ns / 1e9 + self.dt * np.arange(1, len(positions) + 1)
+        ahead = np.nonzero(times > ready_ns / 1e9)[0][: self.config.blend_steps]
+        positions, velocities = positions.copy(), velocities.copy()
+        n = self.config.blend_steps
+        for k, i in enumerate(ahead):
+            if times[i] < p_times[0]:
+                continue
+            w = (k + 1) / (n + 1)
+            prev_p = np.array([np.interp(times[i], p_times, p_pos[:, j]) for j in range(p_pos.shape[1])])
+            prev_v = np.array([np.interp(times[i], p_times, p_vel[:, j]) for j in range(p_vel.shape[1])])
+            positions[i] = (1 - w) * prev_p + w * positions[i]
+            velocities[i] = (1 - w) * prev_v + w * velocities[i]
+        return positions.astype(np.float32), velocities.astype(np.float32)
+
+    def _hold(self, reason: str, stale: bool = False) -> None:
+        """Stop issuing until the cause clears. The stop is published once, on the transition, and
+        only when a trajectory of ours may still be running (not before the first chunk)."""
+        if self.holding is None:
+            if stale:
+                self.stale_events += 1
+            if self._moving:
+                self._publish_stop(reason)
+                self.log.warning(f"holding: {reason}")
+            else:
+                self.log.info(f"waiting: {reason}")
+        self.holding, self.holding_stale = reason, stale
+
+    def _publish_stop(self, reason: str) -> None:
+        if self.outputs is None or not self.active["actor"]:
+            return   # an inactive actor issues nothing, a stop included (its deactivation sent one)
+        dt = getattr(self, "dt", 0.05)
+        msg = hold_trajectory_msg(self.config.joint_names, self.inputs.last_joint_positions, self.now_ns(), dt)
+        self.outputs.publish_trajectory(msg)
+        self._moving = False
+        self.stops_published += 1
+        self.holding = self.holding or reason
+        self._record("joint_trajectory", msg)
+
+    def _actor_fault(self, message: str) -> None:
+        self.actor_faults += 1
+        self.actor_error, self.actor_error_at = message, time.monotonic()
+        self._fault("actor", message)
+        self.log.error(f"actor: {message}", throttle_duration_sec=1.0)
+        self._hold(f"actor fault: {message}")
+
+    def _fault(self, source: str, message: str) -> None:
+        self.fault_count += 1
+        self.last_fault = f"{source}: {message}"
+
+    # --- inputs (executor threads) -----------------------------------------------------------------
+    def on_input(self) -> None:
+        """A valid input was stored. With actor_trigger 'observation' the actor is released by it."""
+        if self._by_observation and self.scheduler is not None:
+            self.scheduler.trigger("actor")
+
+    def reject_input(self, source: str, error: str) -> None:
+        self.inputs.reject(source, error, time.monotonic())
+        self.log.warning(f"rejected {source} message: {error}", throttle_duration_sec=1.0)
+
+    def record_input(self, key: str, msg) -> None:
+        """An input message for the episode's bag (the recorder downsamples as configured)."""
+        self._record(key, msg)
+
+    # --- outputs -----------------------------------------------------------------------------------
+    def _publish_subtask(self, state) -> None:
+        msg = subtask_msg(state.text, state.version, state.source, self.now_ns())
+        if self.outputs is not None:
+            self.outputs.publish_subtask(msg)
+        self._record("subtask", msg)
+
+    # --- recording ---------------------------------------------------------------------------------
+    def _open_recording(self) -> None:
+        """One bag per episode under record_dir/run_<start time>_<pid>/ (episode ids restart
+        with every host run, the run directory keeps them apart). Inputs are downsampled."""
+        if not self.config.record_dir:
+            return
+        try:
+            from flashrt_ros.nodes.recorder import EpisodeRecorder
+            if self._run_dir is None:
+                self._run_dir = (Path(self.config.record_dir).expanduser()
+                                 / time.strftime(f"run_%Y%m%d-%H%M%S_{os.getpid()}"))
+            topics = {name: kind for name, kind in self.record_topics.values()}
+            every = {name: (self.config.record_image_every if key.startswith("camera.")
+                            else self.config.record_joint_states_every)
+                     for key, (name, _) in self.record_topics.items() if key.startswith("camera.") or key == "joint_states"}
+            recorder = EpisodeRecorder(self._run_dir, self.episode_id, topics, downsample=every,
+                                       custom_data={"task": self.task_text})
+            with self._rec_lock:
+                self._recorder = recorder
+                self.recording_path = str(recorder.path)
+            self.log.info(f"recording episode {self.episode_id} to {self.recording_path}")
+        except Exception as exc:
+            self._fault("recording", f"{type(exc).__name__}: {exc}")
+            self.log.error(f"episode {self.episode_id} is not recorded: {type(exc).__name__}: {exc}")
+            self._recorder = None
+
+    def _close_recording(self) -> None:
+        with self._rec_lock:
+            recorder, self._recorder = self._recorder, None
+            if recorder is None:
+                return
+            try:
+                recorder.close()
+                self.log.info(f"recording closed: {self.recording_path}")
+            except Exception as exc:
+                self._fault("recording", f"{type(exc).__name__}: {exc}")
+                self.log.error(f"closing the recording failed: {exc}")
+
+    def _record(self, key: str, msg, stamp_ns: int | None = None) -> None:
+        if self._recorder is None or msg is None or key not in self.record_topics:
+            return
+        topic = self.record_topics[key][0]
+        with self._rec_lock:
+            if self._recorder is None:
+                return
+            try:
+                self._recorder.write(topic, msg, self.now_ns() if stamp_ns is None else stamp_ns)
+            except Exception as exc:
+                self._fault("recording", f"{type(exc).__name__}: {exc}")
+                self.log.error(f"recording {topic} failed: {exc}", throttle_duration_sec=5.0)
+
+    def record(self, key: str, msg) -> None:
+        """Record an output published outside the loop (diagnostics)."""
+        self._record(key, msg)
+
+
+def _string(text: str):
+    from std_msgs.msg import String
+    return String(data=text)

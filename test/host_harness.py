@@ -1,0 +1,227 @@
+"""Test-side helpers for the host tests: the host in-process on its own rclpy context (its own DDS
+participant), and a `Robot` node on another context that publishes camera images and joint states
+of a reference world and records everything the host publishes. Everything crosses real DDS.
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from flashrt_ros.msg import ActionChunk, Subtask
+from flashrt_ros.nodes.conversions import image_to_msg, joint_state_to_msg, ns_to_stamp, stamp_to_ns
+from flashrt_ros.nodes.host import Host
+from flashrt_ros.nodes.params import load_config
+from flashrt_ros.world import JOINT_NAMES, TabletopWorld
+
+# FLASHRT_TEST_CKPT: a checkpoint directory to use instead of the shipped reference weights.
+CHECKPOINT = os.environ.get("FLASHRT_TEST_CKPT", "")
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def host_config(**overrides):
+    """The default host configuration on CPU, with test-friendly timeouts, plus `overrides`."""
+    values = {"device": "cpu", "diagnostics_hz": 5.0, "camera_timeout_s": 0.4, "joint_state_timeout_s": 0.4,
+              "checkpoint": CHECKPOINT, **overrides}
+    return load_config([], {}, [(k, v if isinstance(v, str) else _text(v)) for k, v in values.items()])
+
+
+def _text(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+class InProcessHost:
+    """A Host on its own context, spinning in a thread; `close()` joins everything."""
+
+    def __init__(self, config, bring_up: bool = True):
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context)
+        self.host = Host(config, context=self.context)
+        if bring_up:
+            assert self.host.bring_up(), "host bring-up failed"
+        self.host.spin_in_thread()
+
+    @property
+    def loop(self):
+        return self.host.loop
+
+    def close(self) -> None:
+        try:
+            self.host.close()
+        finally:
+            self.context.try_shutdown()
+
+
+@dataclass
+class Received:
+    chunks: list = field(default_factory=list)
+    trajectories: list = field(default_factory=list)
+    subtasks: list = field(default_factory=list)
+    diagnostics: list = field(default_factory=list)
+
+
+class Robot:
+    """Publishes a reference world's camera and joint states at `rate` Hz (stamped `stamp_offset_s`
+    from now) on its own context, and records the host's outputs with their arrival times."""
+
+    def __init__(self, seed: int = 3, rate: float = 20.0, camera_topic: str = "/camera/top/image_raw",
+                 jpeg: bool = False):
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context)
+        self.node = rclpy.create_node("test_robot", context=self.context)
+        self.world = TabletopWorld()
+        self.world.reset(seed)
+        self.publish_camera = True
+        self.publish_joints = True
+        self.stamp_offset_s = 0.0
+        self.image_stamps: list[int] = []
+        self.rx = Received()
+        self._lock = threading.Lock()
+        n = self.node
+        self.jpeg = jpeg    # publish sensor_msgs/CompressedImage (jpeg) instead of Image
+        self.image_pub = n.create_publisher(CompressedImage if jpeg else Image, camera_topic, 10)
+        self.joint_pub = n.create_publisher(JointState, "/joint_states", 10)
+        self.task_pub = n.create_publisher(String, "/flashrt/task", 10)
+        self.coach_pub = n.create_publisher(String, "/flashrt/coach", 10)
+        self.interrupt_pub = n.create_publisher(String, "/flashrt/interrupt", 10)
+        self._subs = [
+            n.create_subscription(ActionChunk, "/flashrt/action_chunk", self._keep(self.rx.chunks), 50),
+            n.create_subscription(JointTrajectory, "/flashrt/joint_trajectory", self._keep(self.rx.trajectories), 50),
+            n.create_subscription(Subtask, "/flashrt/subtask", self._keep(self.rx.subtasks), LATCHED),
+            n.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.rx.diagnostics), 50),
+        ]
+        self.clients = {name: n.create_client(Trigger, f"/flashrt/{name}") for name in ("start", "stop", "reset", "ready")}
+        self._timer = n.create_timer(1.0 / rate, self.tick)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(n)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def _keep(self, store: list):
+        def callback(msg):
+            with self._lock:
+                store.append((time.monotonic(), msg))
+        return callback
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def tick(self) -> None:
+        stamp = self.now_ns() - int(self.stamp_offset_s * 1e9)
+        if self.publish_camera:
+            self.image_stamps.append(stamp)
+            self.image_pub.publish(jpeg_msg(self.world.render(), stamp) if self.jpeg
+                                   else image_to_msg(self.world.render(), "rgb8", stamp))
+        if self.publish_joints:
+            self.joint_pub.publish(joint_state_to_msg(JOINT_NAMES, self.world.position, stamp))
+
+    # --- interaction ----------------------------------------------------------------------------------
+    def call(self, name: str, timeout: float = 10.0):
+        client = self.clients[name]
+        assert client.wait_for_service(timeout_sec=timeout), f"/flashrt/{name} not available"
+        future = client.call_async(Trigger.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert future.done(), f"/flashrt/{name} did not answer within {timeout} s"
+        return future.result()
+
+    def send(self, topic: str, text: str) -> None:
+        {"task": self.task_pub, "coach": self.coach_pub, "interrupt": self.interrupt_pub}[topic].publish(String(data=text))
+
+    def wait_for_subscribers(self, timeout: float = 10.0) -> None:
+        """Until the host's subscriptions have matched ours (so nothing we send is lost)."""
+        assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in
+                                    (self.task_pub, self.coach_pub, self.interrupt_pub, self.image_pub)), timeout)
+
+    # --- what arrived -------------------------------------------------------------------------------
+    def since(self, kind: str, t0: float) -> list:
+        with self._lock:
+            return [m for t, m in getattr(self.rx, kind) if t >= t0]
+
+    def last(self, kind: str):
+        with self._lock:
+            items = getattr(self.rx, kind)
+            return items[-1][1] if items else None
+
+    def diagnostic(self, name: str, t0: float = 0.0):
+        """The newest /diagnostics status `flashrt: <name>` received after t0, as (level, message, values)."""
+        for msg in reversed(self.since("diagnostics", t0)):
+            for s in msg.status:
+                if s.name == f"flashrt: {name}":
+                    return s.level, s.message, {kv.key: kv.value for kv in s.values}
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10.0)
+        assert not self._thread.is_alive(), "robot spin thread did not stop"
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def jpeg_msg(image: np.ndarray, stamp_ns: int) -> CompressedImage:
+    from PIL import Image as PILImage
+    buf = io.BytesIO()
+    PILImage.fromarray(image).save(buf, format="JPEG", quality=90)
+    msg = CompressedImage(format="jpeg", data=buf.getvalue())
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    return msg
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def is_stop(traj: JointTrajectory, robot: "Robot") -> bool:
+    """A stop: no points, or one point with zero velocity, stamped when it was sent (a chunk's
+    trajectory carries the stamp of one of the robot's observations, and under load may be cut to
+    one point)."""
+    shape = len(traj.points) == 0 or (len(traj.points) == 1 and not any(traj.points[0].velocities))
+    return shape and stamp_to_ns(traj.header.stamp) not in robot.image_stamps
+
+
+def trajectory_times(traj: JointTrajectory) -> np.ndarray:
+    return np.array([p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in traj.points])
+
+
+def fresh_episode(robot: Robot, task: str | None = None) -> float:
+    """Stop, reset and start again with the robot's task; returns when chunks flow again (their t0)."""
+    robot.call("stop")
+    assert robot.call("reset").success
+    robot.publish_camera = robot.publish_joints = True
+    robot.stamp_offset_s = 0.0
+    assert robot.call("start").success
+    robot.send("task", task or robot.world.task_text)
+    t0 = time.monotonic()
+    assert wait_for(lambda: len(robot.since("chunks", t0)) >= 2, 10.0), "no chunks after a fresh episode"
+    return t0
+
+
+__all__ = ["Host", "InProcessHost", "Robot", "fresh_episode", "host_config", "is_stop", "stamp_to_ns",
+           "trajectory_times", "wait_for"]

@@ -1,0 +1,111 @@
+"""The host as users run it: `flashrt-ros host` in its own process with a params file, a compressed
+(jpeg) camera, Ctrl-C mid-episode (a stop goes out, the process exits 0, the recording is intact),
+and a start-up failure that leaves the process serving readiness and diagnostics.
+"""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from host_harness import CHECKPOINT, Robot, is_stop, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start_host(tmp_path, *settings: str) -> subprocess.Popen:
+    params = tmp_path / "host.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n"
+        "    device: cpu\n    diagnostics_hz: 5.0\n    actor_hz: 10.0\n    planner_hz: 4.0\n"
+        f"    record_dir: {tmp_path / 'bags'}\n    record_image_every: 4\n"
+        "    camera:\n      top:\n        transport: compressed\n")
+    cmd = [sys.executable, "-m", "flashrt_ros.cli", "host", "--params-file", str(params)]
+    if CHECKPOINT:
+        cmd += ["--set", f"checkpoint={CHECKPOINT}"]
+    for s in settings:
+        cmd += ["--set", s]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.0) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"host did not exit within {timeout} s after {sig!r}:\n{out}")
+    return proc.returncode, out
+
+
+def read_bag(path):
+    from rosbags.rosbag2 import Reader
+
+    from flashrt_ros.nodes.recorder import bag_typestore
+    store = bag_typestore()
+    counts, chunks = {}, []
+    with Reader(path) as reader:
+        for conn, _, raw in reader.messages():
+            counts[conn.topic] = counts.get(conn.topic, 0) + 1
+            if conn.topic == "/flashrt/action_chunk":
+                chunks.append(store.deserialize_cdr(raw, conn.msgtype))
+    return counts, chunks
+
+
+def test_host_process_runs_a_compressed_camera_and_ctrl_c_stops_safely_with_an_intact_recording(tmp_path):
+    proc = start_host(tmp_path)
+    robot = Robot(seed=11, camera_topic="/camera/top/image_raw/compressed", jpeg=True)
+    try:
+        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
+        assert wait_for(lambda: robot.call("ready").success or proc.poll() is not None, 60.0, 0.2), \
+            f"host not ready:\n{proc.stdout.read() if proc.poll() is not None else ''}"
+        robot.wait_for_subscribers()
+        robot.send("task", robot.world.task_text)
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(robot.since("chunks", t0)) >= 10, 30.0), "no chunks from the host process"
+        chunk = robot.since("chunks", t0)[-1]
+        assert chunk.subtask.startswith("go to") and np.all(np.isfinite(chunk.actions))
+        t1 = time.monotonic()
+        code, out = finish(proc)        # Ctrl-C mid-episode
+        assert code == 0, out
+        assert "interrupted (Ctrl-C / SIGTERM): stopping" in out and "recording closed" in out
+        assert wait_for(lambda: any(is_stop(t, robot) for t in robot.since("trajectories", t1)), 10.0), \
+            "no stop published on Ctrl-C"
+        published = len(robot.since("chunks", 0))
+    finally:
+        if proc.poll() is None:
+            finish(proc)
+        robot.close()
+    bags = sorted((tmp_path / "bags").glob("run_*/episode_*"))
+    assert len(bags) == 1, list((tmp_path / "bags").rglob("*"))
+    counts, chunks = read_bag(bags[0])
+    assert counts["/flashrt/action_chunk"] >= published - 1          # every chunk (one may be in flight)
+    assert counts["/flashrt/joint_trajectory"] >= 1 and counts["/flashrt/subtask"] >= 1
+    assert 1 <= counts["/camera/top/image_raw/compressed"] < counts["/joint_states"]   # downsampled
+    assert [c.chunk_seq for c in chunks] == sorted(c.chunk_seq for c in chunks)
+    assert all(c.inference_latency > 0 for c in chunks)               # latencies are recorded
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_start_up_failure_is_reported_and_the_process_keeps_serving(tmp_path):
+    proc = start_host(tmp_path, "device=cuda")
+    robot = Robot(seed=1)
+    try:
+        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
+        assert proc.poll() is None, proc.stdout.read()
+        ready = robot.call("ready")
+        assert not ready.success and "configure failed" in ready.message and "CUDA" in ready.message
+        assert wait_for(lambda: (d := robot.diagnostic("host")) is not None and d[0] == DiagnosticStatus.ERROR, 10.0)
+        start = robot.call("start")
+        assert not start.success and "configure failed" in start.message
+    finally:
+        code, out = finish(proc)
+        robot.close()
+    assert code == 0, out
+    assert "configure failed: DeviceError" in out
