@@ -95,15 +95,15 @@ class Engine:
                                          limits, vmax, cfg.chunk_dt, H, self.device)
         # chunk outputs land here: positions, velocities (pinned on a GPU), then flags
         self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
-        self._host_flags = torch.empty(2, dtype=torch.int64, pin_memory=on_gpu)
+        self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
+        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)  # same dtype: no conversion
         # Noise is drawn on the CPU (a few hundred floats) so a chunk is the same on every device.
         self._noise_gen = torch.Generator()
         self._noise_host = torch.empty((1, H, D), dtype=torch.float32)
 
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
-            reads=["actor.images", "actor.state", "actor.noise", "subtask.slots", "subtask.active",
-                   "subtask.version"],
+            reads=["actor.images", "actor.state", "actor.noise", "subtask.slots", "subtask.state"],
             writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
         self.planner_graphs = self._planner_graphs(planner_pieces)
 
@@ -146,7 +146,7 @@ class Engine:
             reads = ["planner.images", "planner.task"] if first else ["planner.hidden"]
             writes = ["planner.choice", "subtask.slots"] if last else ["planner.hidden"]
             if last:
-                reads.append("subtask.active")
+                reads.append("subtask.state")
             graphs.append(StaticGraph(f"planner.{i}", fn, b, reads, writes, stream=self.planner_stream))
         # The last piece writes the channel: capture it holding the lock like every writer does.
         with self.channel.lock:
@@ -279,15 +279,15 @@ class Engine:
             out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
             self._host_out[0].copy_(out.positions, non_blocking=True)
             self._host_out[1].copy_(out.velocities, non_blocking=True)
-            self._host_flags[0].copy_(out.nonfinite[0], non_blocking=True)
-            self._host_flags[1].copy_(self.buffers["actor.subtask_version"][0], non_blocking=True)
+            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
+            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
         if stream is not None:
             stream.synchronize()
-        version = int(self._host_flags[1])
+        version = int(self._host_version[0])
         return ChunkResult(
             chunk_seq=int(chunk_seq), positions=self._host_out[0].numpy().copy(),
             velocities=self._host_out[1].numpy().copy(), dt=self.config.chunk_dt, subtask_version=version,
-            subtask_text=self._subtask_texts.get(version, ""), nonfinite=bool(self._host_flags[0] != 0),
+            subtask_text=self._subtask_texts.get(version, ""), nonfinite=bool(self._host_nonfinite[0] != 0),
             latency_s=time.perf_counter() - t0)
 
     def _load_images(self, name: str, images: Sequence[np.ndarray], encodings: Sequence[str], stream) -> None:

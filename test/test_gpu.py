@@ -84,9 +84,9 @@ def test_handoff_never_tears_across_gpu_streams():
         tokens, version = ch.read_in_graph(b)
         b["actor.seen"].copy_(tokens)
         b["actor.version"].copy_(version)
-    pg = StaticGraph("p", planner, bufs, ["planner.tokens", "subtask.active"], ["subtask.slots"],
+    pg = StaticGraph("p", planner, bufs, ["planner.tokens", "subtask.state"], ["subtask.slots"],
                      stream=planner_stream).capture()
-    ag = StaticGraph("a", actor, bufs, ["subtask.slots", "subtask.active", "subtask.version"],
+    ag = StaticGraph("a", actor, bufs, ["subtask.slots", "subtask.state"],
                      ["actor.seen", "actor.version"], stream=actor_stream).capture()
     pattern = lambda i: (np.arange(L, dtype=np.int64) + 1) * 100000 + i  # noqa: E731
     writes, errors, done = 3000, [], threading.Event()

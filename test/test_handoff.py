@@ -25,8 +25,8 @@ def make_pair():
         b["actor.seen"].copy_(tokens)
         b["actor.version"].copy_(version)
 
-    pg = StaticGraph("planner", planner, bufs, ["planner.tokens", "subtask.active"], ["subtask.slots"])
-    ag = StaticGraph("actor", actor, bufs, ["subtask.slots", "subtask.active", "subtask.version"],
+    pg = StaticGraph("planner", planner, bufs, ["planner.tokens", "subtask.state"], ["subtask.slots"])
+    ag = StaticGraph("actor", actor, bufs, ["subtask.slots", "subtask.state"],
                      ["actor.seen", "actor.version"])
     return bufs, ch, pg.capture(), ag.capture()
 

@@ -5,7 +5,7 @@ device-side index; a writer (the planner graph, or a coaching/operator write fro
 the *inactive* slot and `commit()` flips the index. Ordering that makes a torn read impossible:
 
   writer stream:  wait(released) -> write inactive slot -> record(written)
-  actor stream:   wait(written)  -> flip active, bump version -> record(released)
+  actor stream:   wait(written)  -> flip active + bump version (one kernel) -> record(released)
 
 `released` is recorded after the flip, so every actor replay enqueued before the flip (still
 reading the old slot) has finished before the next writer may overwrite that slot. On CPU there
@@ -22,8 +22,10 @@ import torch
 from .buffers import BufferSet
 
 SLOTS = "subtask.slots"      # int64 [2, text_len]
-ACTIVE = "subtask.active"    # int64 [1]: index of the slot the actor reads
-VERSION = "subtask.version"  # int64 [1]: bumped by every commit, on the device, in stream order
+# int64 [2]: (index of the slot the actor reads, version bumped by every commit). One buffer so
+# that a commit changes both with ONE kernel: a replay enqueued by another host thread lands
+# before or after it, never between an index flip and its version bump.
+STATE = "subtask.state"
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,10 @@ class SubtaskChannel:
         self.buffers = buffers
         self.text_len = text_len
         buffers.declare(SLOTS, (2, text_len), torch.int64)
-        buffers.declare(ACTIVE, (1,), torch.int64)
-        buffers.declare(VERSION, (1,), torch.int64)
+        buffers.declare(STATE, (2,), torch.int64)
+        # commit: state' = state * (-1, 1) + (1, 1) = (1 - active, version + 1)
+        self._flip_scale = torch.tensor([-1, 1], dtype=torch.int64, device=buffers.device)
+        self._flip_shift = torch.tensor([1, 1], dtype=torch.int64, device=buffers.device)
         self.on_gpu = buffers.device.type == "cuda"
         self.actor_stream = actor_stream
         if self.on_gpu:
@@ -49,7 +53,7 @@ class SubtaskChannel:
             self._released = torch.cuda.Event()
             self._released.record(torch.cuda.current_stream(buffers.device))
         self.lock = threading.RLock()
-        self._active = 0  # host mirror of ACTIVE: only commit() changes either
+        self._active = 0  # host mirror of the active index: only commit() changes either
         self._state = SubtaskState(0, "", "none")
 
     # --- inside graphs ---------------------------------------------------------------------
@@ -57,11 +61,12 @@ class SubtaskChannel:
         """Actor graph: (token ids [1, text_len], version [1]) of the active slot, gathered on
         the device. On CPU the gather holds the lock so that it never straddles a commit."""
         with self.lock:
-            return bufs[SLOTS].index_select(0, bufs[ACTIVE]), bufs[VERSION].clone()
+            state = bufs[STATE].clone()
+            return bufs[SLOTS].index_select(0, state[:1]), state[1:]
 
     def write_in_graph(self, bufs: BufferSet, tokens: torch.Tensor) -> None:
         """Planner graph: write [text_len] token ids into the inactive slot (1 - active)."""
-        inactive = 1 - bufs[ACTIVE]
+        inactive = 1 - bufs[STATE][:1]
         bufs[SLOTS].index_copy_(0, inactive, tokens.reshape(1, -1).to(torch.int64))
 
     # --- host side (callers hold `lock` from writer_wait to commit) ---------------------------
@@ -112,9 +117,10 @@ class SubtaskChannel:
     def reset_host_state(self) -> None:
         """After the channel's buffers were restored to their initial bytes (a capsule), bring the
         host mirror back in line: slot 0 active, version 0. Call under `lock`."""
-        self._active = int(self.buffers[ACTIVE].item())
-        self._state = SubtaskState(int(self.buffers[VERSION].item()), "", "none")
+        active, version = self.buffers[STATE].tolist()
+        self._active = active
+        self._state = SubtaskState(version, "", "none")
 
     def _flip(self) -> None:
-        self.buffers[ACTIVE].neg_().add_(1)
-        self.buffers[VERSION].add_(1)
+        state = self.buffers[STATE]
+        torch.addcmul(self._flip_shift, state, self._flip_scale, out=state)
