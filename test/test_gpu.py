@@ -18,8 +18,9 @@ def scene():
 
 
 def _engine(device, **kw):
+    import os
     from flashrt_ros.engine import Engine
-    return Engine(device=device, joint_limits=np.array([[0, 1], [0, 1]], np.float32),
+    return Engine(checkpoint=os.environ.get("FLASHRT_TEST_CKPT"), device=device, joint_limits=np.array([[0, 1], [0, 1]], np.float32),
                   max_velocity=np.array([0.5, 0.5], np.float32), **kw)
 
 

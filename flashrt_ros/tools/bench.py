@@ -256,6 +256,14 @@ def _any_task(engine: Engine) -> str:
 
 
 # --- 3. hand-off and capsules --------------------------------------------------------------------
+def _gate_chunk(engine: Engine) -> np.ndarray:
+    """Normalised actions for fixed inputs (same on every engine of one preset and seed)."""
+    images, enc, q = _inputs(engine, np.random.default_rng(42))
+    engine.coach(engine.config.subtasks[0], source="operator")
+    engine.act(images, enc, q, chunk_seq=11)
+    return engine.buffers.read("actor.actions").astype(np.float64)
+
+
 def bench_state(engine: Engine, iters: int) -> dict:
     dev = engine.device
     text = engine.config.subtasks[0]
@@ -298,6 +306,9 @@ def to_markdown(res: dict) -> str:
                  f"{a['graph_speedup_p50']:.2f}x | {a['act_end_to_end']['p50_ms']:.3f} / "
                  f"{a['act_end_to_end']['p99_ms']:.3f} | {a['floor_ms']:.3f} | {a['graph_over_floor']:.2f}x | "
                  f"{a['graph_vs_eager_cosine']:.6f} | {a['allocations_in_100_act_calls']} |")
+        if "cosine_vs_plain" in a:
+            m.append(f"| ↳ gate: {name} vs plain graph | | | | | | | | | cos {a['cosine_vs_plain']:.6f}, "
+                     f"max abs {a['max_abs_vs_plain']:.2e} | |")
     m += ["", "## Actor latency with the planner running (ms)", "",
           "| preset | actor Hz / planner Hz | planner alone p50 | pieces | actor alone p50 / p99 | naive p50 / p99 "
           "(x alone p99) | naive, planner back-to-back p50 / p99 (x) | scheduler p50 / p99 (x) | scheduler misses |",
@@ -315,7 +326,9 @@ def to_markdown(res: dict) -> str:
     m += ["", "## Hand-off and capsules (ms)", "", "| preset | coach commit p50 / p99 | 1 MB snapshot / restore p50 "
           "| 100 MB snapshot / restore p50 | restore byte-exact |", "|---|---|---|---|---|"]
     for name, r in res["presets"].items():
-        s = r["state"]
+        s = r.get("state")
+        if not s:
+            continue
         m.append(f"| {name} | {s['coach_commit']['p50_ms']:.3f} / {s['coach_commit']['p99_ms']:.3f} | "
                  f"{s['capsule_1MB_snapshot']['p50_ms']:.3f} / {s['capsule_1MB_restore']['p50_ms']:.3f} | "
                  f"{s['capsule_100MB_snapshot']['p50_ms']:.3f} / {s['capsule_100MB_restore']['p50_ms']:.3f} | "
@@ -338,6 +351,8 @@ def main(argv=None) -> int:
     ap.add_argument("--actor-hz", type=float, default=50.0)
     ap.add_argument("--planner-hz", type=float, default=5.0)
     ap.add_argument("--planner-pieces", type=int, default=0, help="0: one piece per planner block + 1")
+    ap.add_argument("--interference-presets", default="all", help="presets to run the interference rows for")
+    ap.add_argument("--compile-presets", default="", help="presets to also time with torch.compile before capture")
     ap.add_argument("--out", default="docs/benchmarks")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     args = ap.parse_args(argv)
@@ -348,23 +363,38 @@ def main(argv=None) -> int:
     res = {"machine": machine(device), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": "flashrt-ros bench " + " ".join(argv if argv is not None else sys.argv[1:]),
            "bandwidth_GBps": bandwidth / 1e9, "presets": {}}
+    from flashrt_ros.models.config import ModelConfig
+    interfere = args.interference_presets.split(",")
     for preset in [p for p in args.presets.split(",") if p]:
         dtype = "bfloat16" if device.type == "cuda" and preset != "reference" else "float32"
-        from flashrt_ros.models.config import ModelConfig
         cfg = ModelConfig.from_name(preset)
         pieces = args.planner_pieces or cfg.planner_layers + 1
-        t0 = time.perf_counter()
-        engine = Engine(preset=preset, device=str(device), dtype=dtype, planner_pieces=pieces)
-        setup_s = time.perf_counter() - t0
-        print(f"[bench] {preset}: built + captured in {setup_s:.1f} s", flush=True)
-        r = {"dtype": dtype, "setup_s": setup_s, "actor": bench_actor(engine, args.iters, bandwidth)}
-        print(f"[bench] {preset}: actor {json.dumps(r['actor']['graph'])}", flush=True)
-        r["interference"] = bench_interference(engine, args.seconds, args.actor_hz, args.planner_hz)
-        r["state"] = bench_state(engine, args.iters)
-        res["presets"][preset] = r
-        del engine
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        variants = [False] + ([True] if preset in args.compile_presets.split(",") else [])
+        plain_chunk = None
+        for compiled in variants:
+            name = preset + ("+compile" if compiled else "")
+            t0 = time.perf_counter()
+            engine = Engine(preset=preset, device=str(device), dtype=dtype, planner_pieces=pieces,
+                            compile_actor=compiled)
+            setup_s = time.perf_counter() - t0
+            print(f"[bench] {name}: built + captured in {setup_s:.1f} s", flush=True)
+            r = {"dtype": dtype, "setup_s": setup_s, "actor": bench_actor(engine, args.iters, bandwidth)}
+            print(f"[bench] {name}: actor {json.dumps(r['actor']['graph'])}", flush=True)
+            chunk = _gate_chunk(engine)
+            if plain_chunk is None:
+                plain_chunk = chunk
+            else:  # equivalence gate of the fast path against the plain graph path
+                r["actor"]["cosine_vs_plain"] = float(np.dot(chunk.ravel(), plain_chunk.ravel()) / (
+                    np.linalg.norm(chunk) * np.linalg.norm(plain_chunk) + 1e-30))
+                r["actor"]["max_abs_vs_plain"] = float(np.abs(chunk - plain_chunk).max())
+            if not compiled and ("all" in interfere or preset in interfere):
+                r["interference"] = bench_interference(engine, args.seconds, args.actor_hz, args.planner_hz)
+            if not compiled:
+                r["state"] = bench_state(engine, args.iters)
+            res["presets"][name] = r
+            del engine
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or device.type
