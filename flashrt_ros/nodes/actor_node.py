@@ -1,6 +1,7 @@
 """The actor node: cameras and joint states in, action chunks and trajectories out; episode control.
 
-The actor itself runs on the host's dispatcher at `actor_hz` (PolicyLoop); callbacks here only
+The actor itself runs on the host's dispatcher at `actor_hz` (PolicyLoop) — or, with
+actor_trigger 'observation', in the input callback that completes an observation; callbacks here
 convert and store the latest inputs. Lifecycle: configure loads the shared engine and creates the
 topics; activate starts issuing chunks (when an episode runs); deactivate stops issuing at the
 chunk boundary and publishes a stop, keeping the episode and the engine state.
@@ -9,8 +10,6 @@ Services (std_srvs/Trigger): flashrt/start, flashrt/stop, flashrt/reset, flashrt
 /diagnostics answer in every lifecycle state.
 """
 from __future__ import annotations
-
-import time
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
@@ -124,36 +123,47 @@ class ActorNode(LifecycleNode):
 
     # --- input callbacks: convert, validate, store the latest --------------------------------------
     def _on_image(self, msg, cam: CameraConfig) -> None:
-        received = time.monotonic()
+        received = self.loop.clock()
         try:
             image, encoding = image_from_compressed(msg) if cam.compressed else image_from_msg(msg)
         except InputError as err:
             self.loop.reject_input(cam.name, f"camera {cam.name!r}: {err}")
+            self.loop.input_handled()
             return
-        stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
-        self.loop.inputs.put_frame(cam.name, Frame(image, encoding, stamp, received))
-        self.loop.record_input(f"camera.{cam.name}", msg)
-        self.loop.on_input()
+        try:
+            stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
+            self.loop.inputs.put_frame(cam.name, Frame(image, encoding, stamp, received))
+            self.loop.record_input(f"camera.{cam.name}", msg)
+            self.loop.on_input()
+        finally:
+            self.loop.input_handled()
 
     def _on_joint_state(self, msg: JointState) -> None:
-        received = time.monotonic()
+        received = self.loop.clock()
         try:
             positions = joint_positions_from_msg(msg, self.loop.config.joint_names)
         except InputError as err:
             self.loop.reject_input("joint_states", str(err))
+            self.loop.input_handled()
             return
-        stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
-        self.loop.inputs.put_joints(positions, stamp, received)
-        self.loop.record_input("joint_states", msg)
-        self.loop.on_input()
+        try:
+            stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
+            self.loop.inputs.put_joints(positions, stamp, received)
+            self.loop.record_input("joint_states", msg)
+            self.loop.on_input()
+        finally:
+            self.loop.input_handled()
 
     def _on_interrupt(self, msg: String) -> None:
         # An interrupt always stops; an oversized reason is only shortened.
         reason = msg.data.strip()
         if len(reason) > 200:
             reason = reason[:200] + "..."
-        self.loop.record_input("interrupt", msg)
-        self.loop.interrupt(reason or "interrupt")
+        try:
+            self.loop.record_input("interrupt", msg)
+            self.loop.interrupt(reason or "interrupt")
+        finally:
+            self.loop.input_handled()
 
     # --- services ----------------------------------------------------------------------------------
     def _on_start(self, request, response):

@@ -162,7 +162,7 @@ def _planner_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
 
 
 def _inputs_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
-    ages = loop.inputs.ages(now)
+    ages = loop.inputs.ages(loop.clock())
     values: dict[str, object] = {}
     recent_errors = []
     for source, stats in loop.inputs.stats.items():

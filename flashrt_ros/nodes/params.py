@@ -93,7 +93,12 @@ PARAMS: tuple[Param, ...] = (
           _in(0.0, 1000.0, True, "Hz")),
     Param("actor_trigger", str, "timer", "'timer': the actor runs every 1/actor_hz; 'observation': once per new "
           "complete observation (every camera and the joints stamped within camera_sync_slop_s), for lock-step "
-          "simulation and bag replay", _one_of("timer", "observation")),
+          "simulation and bag replay: the input that completes it runs the planner (when due) and the actor, "
+          "and input ages and coaching holds are measured on the ROS clock (sim time when replaying)",
+          _one_of("timer", "observation")),
+    Param("planner_every", int, 0, "with actor_trigger 'observation': the planner runs before the actor on every "
+          "Nth observation (and on the first after a task, start or reset); 0 = round(actor_hz / planner_hz)",
+          _in(0, 1000000)),
     Param("horizon", int, 0, "actions published per chunk; 0 = the model's horizon", _in(0, 100000)),
     Param("chunk_dt", float, 0.0, "seconds between published actions; 0 = the model's chunk_dt", _in(0.0, 10.0, unit="s")),
     Param("overlap_policy", str, "replace", "a new chunk 'replace's the previous one, or 'blend's into it "
@@ -140,6 +145,7 @@ class HostConfig:
     planner_hz: float = 2.0
     actor_hz: float = 10.0
     actor_trigger: str = "timer"
+    planner_every: int = 0
     horizon: int = 0
     chunk_dt: float = 0.0
     overlap_policy: str = "replace"

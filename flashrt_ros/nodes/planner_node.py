@@ -86,6 +86,12 @@ class PlannerNode(LifecycleNode):
     # --- callbacks (short: validate, hand to the loop) ---------------------------------------------
     def _on_task(self, msg: String) -> None:
         try:
+            self._task(msg)
+        finally:
+            self.loop.input_handled()
+
+    def _task(self, msg: String) -> None:
+        try:
             text = text_from_msg(msg, "task")
         except InputError as err:
             self.loop.reject_text(f"task refused: {err}")
@@ -102,8 +108,10 @@ class PlannerNode(LifecycleNode):
             text = text_from_msg(msg, "coaching text")
         except InputError as err:
             self.loop.reject_text(f"coaching refused: {err}")
-            return
-        self.loop.coach(text)
+        else:
+            self.loop.coach(text)
+        finally:
+            self.loop.input_handled()
 
     # --- output ------------------------------------------------------------------------------------
     def publish_subtask(self, msg: Subtask) -> None:

@@ -9,6 +9,12 @@ outputs leave through the `Outputs` the host wires to the publishers.
 Threads: ROS callbacks (executor threads) store inputs and change episode state; the scheduler's
 dispatcher thread runs the actor cycle and the planner pieces. `_cycle_lock` makes episode changes
 happen at chunk boundaries; `_engine_lock` serialises everything that touches the engine.
+
+With actor_trigger 'observation' (lock-step: simulation, bag replay) there are no timers: the
+input callback that completes an observation runs the cycle itself — the planner first when due
+(every planner_every observations, and after a task, start or reset), then the actor — and time is
+the ROS clock. Given the same inputs in the same order, the chunks are the same, whatever the
+machine's speed (flashrt_ros/tools/replay.py --step relies on it, `inputs_handled` is its ack).
 """
 from __future__ import annotations
 
@@ -75,6 +81,11 @@ class PolicyLoop:
         self._run_dir: Path | None = None
         self._by_observation = config.actor_trigger == "observation"
         self._acted_stamp = -1              # stamp of the last observation acted on (observation trigger)
+        self._plan_due = True               # observation trigger: plan at the next observation
+        self._since_plan = 0                # observation trigger: observations since the planner ran
+        self._planner_every = config.planner_every or max(1, round(config.actor_hz / config.planner_hz))
+        self.inputs_handled = 0             # input messages fully handled (lock-step replay waits on it)
+        self._handled_lock = threading.Lock()
         # statistics
         self.chunks = Meter()               # published chunks; latency = obs stamp -> ready (ROS time)
         self.chunk_latency = self.chunks
@@ -138,7 +149,8 @@ class PolicyLoop:
         self.scheduler = MultiRateScheduler([
             Task("actor", [self._actor_cycle], period=None if self._by_observation else period_a,
                  deadline=period_a, enabled=False),
-            Task("planner", self._planner_pieces(engine), period=period_p, deadline=period_p, enabled=False),
+            Task("planner", self._planner_pieces(engine), period=None if self._by_observation else period_p,
+                 deadline=period_p, enabled=False),
         ], on_error=self._on_task_error)
         self.scheduler.start()
         self.log.info(f"engine ready in {time.monotonic() - t0:.2f} s: preset {mc.name!r} on {engine.device}, "
@@ -213,8 +225,9 @@ class PolicyLoop:
             else:
                 self._begin_episode()
                 message = f"episode {self.episode_id} started"
-        self.scheduler.trigger("planner")
-        self.scheduler.trigger("actor")
+        self._release_planner()
+        if not self._by_observation:        # observation trigger: the next observation acts
+            self.scheduler.trigger("actor")
         return True, message
 
     def stop(self, reason: str = "stop service") -> tuple[bool, str]:
@@ -260,8 +273,7 @@ class PolicyLoop:
                 self._close_recording()
                 self._begin_episode()
             episode = self.episode_id
-        if self.scheduler is not None:
-            self.scheduler.trigger("planner")
+        self._release_planner()
         self.log.info(f"reset: initial state restored (no recapture); episode {episode}"
                       f"{' running' if self.running else ''}")
         return True, f"reset to the initial state; episode {episode}" + (" running" if self.running else "")
@@ -293,8 +305,7 @@ class PolicyLoop:
         self._coached_until = -math.inf   # a new task hands control back to the planner
         self._record("task", _string(text))
         self.log.info(f"task: {text!r}")
-        if self.scheduler is not None:
-            self.scheduler.trigger("planner")
+        self._release_planner()
         return True, "task set"
 
     def coach(self, text: str, source: str = "coach") -> tuple[bool, str]:
@@ -307,7 +318,7 @@ class PolicyLoop:
         except ValueError as err:
             return self.reject_text(f"coaching refused: {err}")
         hold = self.config.coach_hold_s
-        self._coached_until = time.monotonic() + hold if hold > 0 else math.inf
+        self._coached_until = self.clock() + hold if hold > 0 else math.inf
         self._record("coach", _string(text))
         self._publish_subtask(state)
         self.log.info(f"coached: subtask {state.text!r} (v{state.version}); planner resumes "
@@ -322,7 +333,19 @@ class PolicyLoop:
 
     @property
     def coached(self) -> bool:
-        return time.monotonic() < self._coached_until
+        return self.clock() < self._coached_until
+
+    def clock(self) -> float:
+        """Seconds, for input ages and coaching holds: the ROS clock with the observation trigger
+        (sim time when replaying, so results do not depend on machine speed), else monotonic."""
+        return self.now_ns() / 1e9 if self._by_observation else time.monotonic()
+
+    def _release_planner(self) -> None:
+        """Run the planner soon: at the next observation (observation trigger) or now (timer)."""
+        if self._by_observation:
+            self._plan_due = True
+        elif self.scheduler is not None:
+            self.scheduler.trigger("planner")
 
     # --- the planner (pieces on the dispatcher thread) ---------------------------------------------
     def _planner_pieces(self, engine) -> list[Callable[[], None]]:
@@ -339,7 +362,7 @@ class PolicyLoop:
         # The loop's own task, not the engine's: after a reset the engine's task buffer is zeroed.
         if not (self.running and self.interrupted is None and self.task_text):
             return None
-        obs = self.inputs.observation(time.monotonic(), need_joints=False)
+        obs = self.inputs.observation(self.clock(), need_joints=False)
         return None if isinstance(obs, Stale) else (obs.images, obs.encodings)
 
     def _on_plan(self, state) -> None:
@@ -350,8 +373,6 @@ class PolicyLoop:
         if state is not None:
             self.log.info(f"planner: subtask {state.text!r} (v{state.version})")
             self._publish_subtask(state)
-            if self._by_observation and state.version == 1:
-                self.scheduler.trigger("actor")     # the observation that waited for it
 
     def _on_task_error(self, name: str, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
@@ -366,12 +387,14 @@ class PolicyLoop:
         with self._cycle_lock:
             if not self._issuing():
                 return
-            obs = self.inputs.observation(time.monotonic())
+            obs = self.inputs.observation(self.clock())
             if isinstance(obs, Stale):
                 self._hold(obs.reason, stale=True)
                 return
-            if self._by_observation and not self.inputs.complete_after(self._acted_stamp):
-                return              # wait for the rest of this observation (or the next one)
+            if self._by_observation:
+                if not self.inputs.complete_after(self._acted_stamp):
+                    return          # wait for the rest of this observation (or the next one)
+                self._plan_in_cycle(obs)
             engine = self.engine
             if engine.subtask.version == 0:
                 self.waiting = ("waiting for a task on /flashrt/task" if not self.task_text
@@ -391,6 +414,22 @@ class PolicyLoop:
                 self._actor_fault("the model produced NaN/inf: chunk rejected")
                 return
             self._issue(result, obs)
+
+    def _plan_in_cycle(self, obs) -> None:
+        """Observation trigger: the planner runs here, on the observation's images, before the
+        actor, when due: on the first observation after a task, start or reset, then every
+        planner_every observations."""
+        due = self._plan_due or self._since_plan >= self._planner_every
+        if due and self.task_text and self.active["planner"]:
+            self._plan_due, self._since_plan = False, 0
+            try:
+                with self._engine_lock:
+                    state = self.engine.plan(obs.images, obs.encodings, allow_commit=not self.coached)
+            except Exception as exc:            # the actor keeps the last good subtask
+                self._on_task_error("planner", exc)
+            else:
+                self._on_plan(state)
+        self._since_plan += 1
 
     def _issue(self, result, obs) -> None:
         cfg = self.config
@@ -489,9 +528,15 @@ class PolicyLoop:
 
     # --- inputs (executor threads) -----------------------------------------------------------------
     def on_input(self) -> None:
-        """A valid input was stored. With actor_trigger 'observation' the actor is released by it."""
-        if self._by_observation and self.scheduler is not None:
-            self.scheduler.trigger("actor")
+        """A valid input was stored. With actor_trigger 'observation' it runs the cycle, here."""
+        if self._by_observation and self.engine is not None:
+            self._actor_cycle()
+
+    def input_handled(self) -> None:
+        """An input callback is done (the input stored or refused, and with the observation trigger
+        the cycle it caused has run)."""
+        with self._handled_lock:
+            self.inputs_handled += 1
 
     def reject_input(self, source: str, error: str) -> None:
         self.inputs.reject(source, error, time.monotonic())
