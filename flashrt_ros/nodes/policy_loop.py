@@ -80,7 +80,9 @@ class PolicyLoop:
         self.recording_path = ""
         self._run_dir: Path | None = None
         self._by_observation = config.actor_trigger == "observation"
-        self._acted_stamp = -1              # stamp of the last observation acted on (observation trigger)
+        self._acted_stamp = -1              # stamp of the last observation acted on
+        self._acted_version = -1            # subtask version of the last chunk
+        self.repeated_observations = 0      # timer cycles skipped: nothing new since the last chunk
         self._plan_due = True               # observation trigger: plan at the next observation
         self._since_plan = 0                # observation trigger: observations since the planner ran
         self._planner_every = config.planner_every or max(1, round(config.actor_hz / config.planner_hz))
@@ -396,12 +398,19 @@ class PolicyLoop:
                     return          # wait for the rest of this observation (or the next one)
                 self._plan_in_cycle(obs)
             engine = self.engine
+            if (not self._by_observation and obs.stamp_ns == self._acted_stamp
+                    and engine.subtask.version == self._acted_version):
+                # Timer faster than the cameras: the last chunk already answers this observation
+                # and subtask; a new one would only re-draw the noise (jitter, wasted GPU time).
+                self.repeated_observations += 1
+                return
             if engine.subtask.version == 0:
                 self.waiting = ("waiting for a task on /flashrt/task" if not self.task_text
                                 else "waiting for the planner's first subtask")
                 return
             self.waiting = ""
             self._acted_stamp = obs.stamp_ns
+            self._acted_version = engine.subtask.version
             self.chunk_seq += 1
             try:
                 with self._engine_lock:
