@@ -18,7 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "host": ("flashrt_ros.tools.host", "run the ROS 2 host (planner + actor nodes)"),
     "world": ("flashrt_ros.tools.world", "run the reference world as a ROS 2 node (camera, joints)"),
     "replay": ("flashrt_ros.tools.replay", "replay a recorded bag through the policy and compare"),
-    "bench": ("flashrt_ros.tools.bench", "benchmark graph vs eager, hand-off, capsules, ROS latency"),
+    "bench": ("flashrt_ros.tools.bench", "benchmark graph vs eager, planner interference, hand-off, capsules"),
+    "bench-ros": ("flashrt_ros.tools.bench_ros", "benchmark camera message -> action chunk through the ROS host"),
     "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world"),
 }
 
