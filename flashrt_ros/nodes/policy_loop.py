@@ -125,7 +125,7 @@ class PolicyLoop:
         t0 = time.monotonic()
         engine = factory(checkpoint=cfg.checkpoint or None, preset=cfg.preset, device=cfg.device, seed=cfg.seed,
                          joint_limits=cfg.joint_limits, max_velocity=np.asarray(cfg.max_velocity, np.float32),
-                         planner_pieces=cfg.planner_pieces)
+                         planner_pieces=cfg.planner_pieces, dtype=cfg.dtype)
         mc = engine.config
         if len(cfg.cameras) != mc.n_cameras:
             raise ConfigError(f"parameter 'cameras' lists {len(cfg.cameras)} camera(s) "
@@ -155,7 +155,8 @@ class PolicyLoop:
                  deadline=period_p, enabled=False),
         ], on_error=self._on_task_error)
         self.scheduler.start()
-        self.log.info(f"engine ready in {time.monotonic() - t0:.2f} s: preset {mc.name!r} on {engine.device}, "
+        self.log.info(f"engine ready in {time.monotonic() - t0:.2f} s: preset {mc.name!r} on {engine.device} "
+                      f"({cfg.dtype}), "
                       f"{mc.n_cameras} camera(s) {mc.image_size}px, horizon {self.horizon} x dt {self.dt:g} s, "
                       f"actor {cfg.actor_hz:g} Hz, planner {cfg.planner_hz:g} Hz in {len(engine.planner_graphs)} piece(s)")
 
