@@ -69,26 +69,10 @@ def test_coaching_reaches_the_next_gpu_chunk(scene):
 
 
 def test_handoff_never_tears_across_gpu_streams():
-    from flashrt_ros.runtime import BufferSet, StaticGraph, SubtaskChannel
+    from test_handoff import make_pair
     L = 64
-    bufs = BufferSet("cuda")
     actor_stream, planner_stream = torch.cuda.Stream(priority=-1), torch.cuda.Stream()
-    ch = SubtaskChannel(bufs, L, actor_stream=actor_stream)
-    bufs.declare("planner.tokens", (L,), torch.int64)
-    bufs.declare("actor.seen", (1, L), torch.int64)
-    bufs.declare("actor.version", (1,), torch.int64)
-
-    def planner(b):
-        ch.write_in_graph(b, b["planner.tokens"])
-
-    def actor(b):
-        tokens, version = ch.read_in_graph(b)
-        b["actor.seen"].copy_(tokens)
-        b["actor.version"].copy_(version)
-    pg = StaticGraph("p", planner, bufs, ["planner.tokens", "subtask.state"], ["subtask.slots"],
-                     stream=planner_stream).capture()
-    ag = StaticGraph("a", actor, bufs, ["subtask.slots", "subtask.state"],
-                     ["actor.seen", "actor.version"], stream=actor_stream).capture()
+    bufs, ch, pg, ag = make_pair("cuda", L, actor_stream, planner_stream)
     pattern = lambda i: (np.arange(L, dtype=np.int64) + 1) * 100000 + i  # noqa: E731
     writes, errors, done = 3000, [], threading.Event()
 

@@ -10,11 +10,13 @@ from flashrt_ros.runtime import BufferSet, StaticGraph, SubtaskChannel
 L = 16
 
 
-def make_pair():
-    bufs = BufferSet("cpu")
-    ch = SubtaskChannel(bufs, L)
-    bufs.declare("planner.tokens", (L,), torch.int64)   # what the planner computed
-    bufs.declare("actor.seen", (1, L), torch.int64)     # what the actor read
+def make_pair(device="cpu", text_len=L, actor_stream=None, planner_stream=None):
+    """A channel with a planner graph writing `planner.tokens` into it and an actor graph copying
+    what it read (tokens, version) out. Also used by the GPU test across two CUDA streams."""
+    bufs = BufferSet(device)
+    ch = SubtaskChannel(bufs, text_len, actor_stream=actor_stream)
+    bufs.declare("planner.tokens", (text_len,), torch.int64)   # what the planner computed
+    bufs.declare("actor.seen", (1, text_len), torch.int64)     # what the actor read
     bufs.declare("actor.version", (1,), torch.int64)
 
     def planner(b):
@@ -25,9 +27,10 @@ def make_pair():
         b["actor.seen"].copy_(tokens)
         b["actor.version"].copy_(version)
 
-    pg = StaticGraph("planner", planner, bufs, ["planner.tokens", "subtask.state"], ["subtask.slots"])
+    pg = StaticGraph("planner", planner, bufs, ["planner.tokens", "subtask.state"], ["subtask.slots"],
+                     stream=planner_stream)
     ag = StaticGraph("actor", actor, bufs, ["subtask.slots", "subtask.state"],
-                     ["actor.seen", "actor.version"])
+                     ["actor.seen", "actor.version"], stream=actor_stream)
     return bufs, ch, pg.capture(), ag.capture()
 
 

@@ -70,10 +70,9 @@ def find_msg_dir() -> Path:
     raise RecorderError(f"flashrt_ros message definitions not found; looked in {[str(c) for c in candidates]}")
 
 
-@functools.lru_cache(maxsize=1)
-def bag_typestore() -> Typestore:
-    """rosbags' ROS 2 Jazzy typestore with flashrt_ros/msg/ActionChunk and Subtask registered from
-    their .msg files: what the recorder writes with and what readers can decode with."""
+def new_typestore() -> Typestore:
+    """A fresh rosbags ROS 2 Jazzy typestore with flashrt_ros/msg/ActionChunk and Subtask registered
+    from their .msg files (fresh: a reader may add a bag's own definitions to it)."""
     store = get_typestore(Stores.ROS2_JAZZY)
     msg_dir = find_msg_dir()
     types = {}
@@ -81,6 +80,12 @@ def bag_typestore() -> Typestore:
         types.update(get_types_from_msg((msg_dir / f"{name}.msg").read_text(), f"{PACKAGE}/msg/{name}"))
     store.register(types)
     return store
+
+
+@functools.lru_cache(maxsize=1)
+def bag_typestore() -> Typestore:
+    """The shared store the recorder writes with and readers decode with."""
+    return new_typestore()
 
 
 def ros_type_name(msg_type: type | str) -> str:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys import get_types_from_msg
 from rosbags.typesys.store import Typestore
 
-from flashrt_ros.nodes.recorder import CUSTOM_TYPES, PACKAGE, find_msg_dir
+from flashrt_ros.nodes.recorder import new_typestore
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 SERVICE_EVENT_SUFFIX = "/_service_event"
@@ -52,13 +52,7 @@ def _explain(path: Path, err: BaseException) -> str:
 
 def base_typestore() -> Typestore:
     """A fresh Jazzy store with flashrt_ros' messages (fresh: bags add their own definitions)."""
-    store = get_typestore(Stores.ROS2_JAZZY)
-    msg_dir = find_msg_dir()
-    types = {}
-    for name in CUSTOM_TYPES:
-        types.update(get_types_from_msg((msg_dir / f"{name}.msg").read_text(), f"{PACKAGE}/msg/{name}"))
-    store.register(types)
-    return store
+    return new_typestore()
 
 
 class Bag:
