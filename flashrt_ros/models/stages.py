@@ -20,10 +20,7 @@ def planner_hidden_shape(planner: Planner, batch: int) -> tuple[int, int, int]:
 
 
 def _embed(planner: Planner, images: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
-    b = images.shape[0]
-    image_tokens = planner.vision_to_prefix(planner.vision(images))
-    text = planner.text_embedding(task_tokens) + planner.text_position
-    return torch.cat([planner.readout.expand(b, -1, -1), image_tokens, text], dim=1)
+    return planner.embed(images, task_tokens)
 
 
 def _run_blocks(planner: Planner, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -51,5 +48,5 @@ def planner_stages(planner: Planner, pieces: int) -> list[Callable]:
         if i < pieces - 2:
             stages.append(lambda x, lo=lo, hi=hi: _run_blocks(planner, x, lo, hi))
         else:
-            stages.append(lambda x, lo=lo, hi=hi: planner.head(planner.norm(_run_blocks(planner, x, lo, hi)[:, 0])))
+            stages.append(lambda x, lo=lo, hi=hi: planner.classify(_run_blocks(planner, x, lo, hi)))
     return stages

@@ -1,0 +1,1 @@
+"""Tools on top of the layers below: train, evaluate, replay, bench, report, demo."""
