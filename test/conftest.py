@@ -27,6 +27,11 @@ from typing import Callable
 
 import pytest
 
+# One intra-op thread for torch, here and in every subprocess a test starts (hosts, demo): the
+# reference model is tiny, and two spinning OpenMP threads beside the ROS executor, the
+# dispatcher and a second process on 2 cores slowed chunks down by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 _DOMAIN_LOCK_DIR = os.path.join(tempfile.gettempdir(), "flashrt_ros_test_domains")
 
 

@@ -16,7 +16,6 @@ CKPT = os.environ.get("FLASHRT_TEST_CKPT")
 
 @pytest.fixture(scope="module")
 def engine():
-    torch.set_num_threads(2)
     return Engine(checkpoint=CKPT, device="cpu", joint_limits=LIMITS, max_velocity=VMAX)
 
 

@@ -4,7 +4,6 @@ Held-out seeds only (training used seeds below TRAIN_SEED_LIMIT)."""
 
 import numpy as np
 import pytest
-import torch
 
 from flashrt_ros.models import REFERENCE_WEIGHTS, EagerPolicy
 from flashrt_ros.tools.evaluate import (HELD_OUT_SEED_START, coaching_check, evaluate, held_out_seeds,
@@ -17,7 +16,6 @@ pytestmark = pytest.mark.skipif(not (REFERENCE_WEIGHTS / "config.json").is_file(
 
 @pytest.fixture(scope="module")
 def policy():
-    torch.set_num_threads(2)
     return EagerPolicy.from_checkpoint(REFERENCE_WEIGHTS)
 
 
