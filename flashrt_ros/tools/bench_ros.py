@@ -3,9 +3,9 @@
     flashrt-ros bench-ros [--actor-hz 50] [--camera-hz 50] [--seconds 20] [--device auto]
                           [--image 640x480] [--out docs/benchmarks] [--tag cpu]
 
-A camera node (its own rclpy context, so its own DDS participant) publishes rgb8 images of the
-reference world and joint states, stamped at publication; the host (the product's Host class on
-another context) turns them into ActionChunks. For every chunk received: latency = arrival time -
+A camera node publishes rgb8 images of the reference world and joint states, stamped at
+publication; the host runs as its own process (`flashrt-ros host`, as deployed: camera driver and
+host are separate processes) and turns them into ActionChunks. For every chunk received: latency = arrival time -
 header.stamp (the camera stamp it answers): DDS both ways + preprocess + inference + conversion.
 Loop jitter: the spread of the intervals between chunk arrivals at the actor rate.
 """
@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -29,8 +32,6 @@ from std_msgs.msg import String
 
 from flashrt_ros.msg import ActionChunk
 from flashrt_ros.nodes.conversions import image_to_msg, joint_state_to_msg, stamp_to_ns
-from flashrt_ros.nodes.host import Host
-from flashrt_ros.nodes.params import load_config
 from flashrt_ros.world import JOINT_NAMES, TabletopWorld
 
 
@@ -101,27 +102,29 @@ def _pct(a) -> dict:
 
 
 def run(actor_hz: float, camera_hz: float, seconds: float, device: str, size: tuple[int, int]) -> dict:
-    cfg = load_config([], {}, [("device", device), ("actor_hz", str(actor_hz)), ("planner_hz", "2.0"),
-                               ("diagnostics_hz", "1.0")])
-    context = rclpy.Context()
-    rclpy.init(args=[], context=context)
-    host = Host(cfg, context=context)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "flashrt_ros.cli", "host", "--set", f"device={device}", "--set", f"actor_hz={actor_hz}",
+         "--set", "planner_hz=2.0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     rig = None
     try:
-        if not host.bring_up():
-            raise RuntimeError("host bring-up failed")
-        host.spin_in_thread()
         rig = CameraRig(camera_hz, size)
         rig.start(rig.world.task_text)
-        time.sleep(2.0)                     # discovery, first subtask
+        deadline = time.monotonic() + 120
+        while len(rig.arrivals) < 5:        # host up (graphs captured), discovery, first subtask
+            if host.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the host produced no chunks: {host.stderr.read()[-2000:] if host.poll() else ''}")
+            time.sleep(0.1)
         rig.arrivals.clear()
         time.sleep(seconds)
         arrivals = list(rig.arrivals)
     finally:
         if rig is not None:
             rig.close()
-        host.close()
-        context.try_shutdown()
+        host.send_signal(signal.SIGINT)
+        try:
+            host.wait(20)
+        except subprocess.TimeoutExpired:
+            host.kill()
     arrive = np.array([a for a, _ in arrivals], dtype=np.float64)
     latency_ms = (arrive - np.array([s for _, s in arrivals], dtype=np.float64)) / 1e6
     intervals_ms = np.diff(arrive) / 1e6
