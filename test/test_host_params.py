@@ -66,6 +66,7 @@ def test_cameras_lists_and_per_camera_parameters_from_the_environment():
     ([("planner_hz", "-1")], "'planner_hz' = -1.0"),
     ([("device", "tpu")], "'device' = 'tpu' (from command line) is not allowed: expected 'auto', 'cpu'"),
     ([("overlap_policy", "average")], "expected one of 'replace', 'blend'"),
+    ([("cpu_threads", "-1")], "'cpu_threads' = -1 (from command line) is not allowed"),
     ([("dtype", "fp8")], "'dtype' = 'fp8' (from command line) is not allowed: expected one of 'float32'"),
     ([("camera_timeout_s", "0")], "'camera_timeout_s' = 0.0"),
     ([("seed", "1.5")], "'seed' = '1.5' (from command line) is not an integer"),

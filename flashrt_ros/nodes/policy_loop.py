@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
+import torch
 
-from flashrt_ros.runtime import MultiRateScheduler, Task
+from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
 from .conversions import action_chunk_msg, hold_trajectory_msg, joint_trajectory_msg, subtask_msg
 from .diagnostics import Meter
@@ -123,6 +124,9 @@ class PolicyLoop:
             from flashrt_ros.engine import Engine
             factory = Engine
         t0 = time.monotonic()
+        if cfg.cpu_threads and resolve_device(cfg.device).type == "cpu":
+            # spinning OpenMP workers beside the executor and dispatcher threads starve them
+            torch.set_num_threads(cfg.cpu_threads)
         engine = factory(checkpoint=cfg.checkpoint or None, preset=cfg.preset, device=cfg.device, seed=cfg.seed,
                          joint_limits=cfg.joint_limits, max_velocity=np.asarray(cfg.max_velocity, np.float32),
                          planner_pieces=cfg.planner_pieces, dtype=cfg.dtype)
