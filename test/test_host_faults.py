@@ -60,7 +60,10 @@ def test_stale_input_stops_chunks_publishes_a_stop_and_fresh_input_resumes(host,
     stop = [t for t in robot.since("trajectories", t0) if is_stop(t, robot)][0]
     np.testing.assert_allclose(stop.points[0].positions, robot.world.position, atol=1e-6)
     assert host.loop.stale_events == stale_events + 1
-    level, message, values = robot.diagnostic("inputs", time.monotonic() - 0.3) or (None, "", {})
+    # the next /diagnostics after the hold reports it (wait for one: publication is periodic)
+    t1 = time.monotonic()
+    assert wait_for(lambda: (robot.diagnostic("inputs", t1) or (None,))[0] == DiagnosticStatus.WARN, 5.0)
+    level, message, values = robot.diagnostic("inputs", t1)
     assert level == DiagnosticStatus.WARN and "stale" in message and "stale" in values["stale"]
     robot.publish_camera = robot.publish_joints = True
     t2 = time.monotonic()
