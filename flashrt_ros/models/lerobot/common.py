@@ -1,0 +1,87 @@
+"""Pieces the LeRobot-compatible models share: RoPE, attention, the flow-matching time embedding.
+
+Everything here is static-shape tensor math: it runs inside a captured CUDA graph and on the CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# LeRobot/openpi fill masked attention logits with this finite value (not -inf): a padded query row
+# then averages instead of producing NaN, and a NaN never leaks into the keys others read.
+MASK_VALUE = -2.3819763e38
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [B, T, head_dim] for integer positions [B, T] (HF "default" rotary, float32 math)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)
+                                .float() / head_dim))
+    freqs = positions[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, head_dim]; cos/sin [B, T, head_dim] (cast to x's dtype, as HF does)."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """q [B, H, Tq, d], k/v [B, Hkv, Tk, d] (grouped-query when Hkv < H), mask [B, 1, Tq, Tk] added to
+    the logits. Softmax in float32 like the eager reference. Returns [B, Tq, H * d]."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    if q.is_cuda:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, scale=scale)
+    else:  # the reference's exact op order: scores in fp32, softmax in fp32, cast back
+        scores = torch.matmul(q, k.transpose(2, 3)) * scale
+        if additive_mask is not None:
+            scores = scores + additive_mask
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v)
+    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool [B, Tq, Tk] (True = may attend) -> additive [B, 1, Tq, Tk]."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed[:, None], zero, torch.tensor(MASK_VALUE, dtype=dtype, device=allowed.device))
+
+
+def block_mask(pad: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
+    """big_vision's prefix-LM rule: token i attends to valid token j when cumsum(ar)[j] <= cumsum(ar)[i].
+    pad bool [B, T], ar int [B, T] -> bool [B, T, T]."""
+    cum = torch.cumsum(ar, dim=1)
+    return (cum[:, None, :] <= cum[:, :, None]) & (pad[:, None, :] & pad[:, :, None])
+
+
+def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float, max_period: float) -> torch.Tensor:
+    """openpi's sine-cosine embedding of scalar times t [B] -> [B, dim], computed in float64 then float32
+    (what LeRobot does on CPU and CUDA)."""
+    if dim % 2:
+        raise ValueError(f"time embedding width {dim} must be even")
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    x = (1.0 / period * 2 * math.pi)[None, :] * t[:, None]
+    return torch.cat([torch.sin(x), torch.cos(x)], dim=1).to(torch.float32)
+
+
+def euler_times(num_steps: int) -> list[float]:
+    """The flow-matching integration times, t = 1 -> 0 in num_steps forward-Euler steps."""
+    dt = -1.0 / num_steps
+    return [1.0 + i * dt for i in range(num_steps)]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")

@@ -1,0 +1,166 @@
+"""A LeRobot policy directory -> our network + its transforms.
+
+    policy = load_policy("/path/to/pi05_checkpoint", device="cuda", dtype="bfloat16")
+    actions = policy.predict([cam0, cam1], state, tokens, token_mask, noise)   # eager, for checks
+
+The directory is what LeRobot's `save_pretrained` writes: config.json, model.safetensors,
+policy_preprocessor.json / policy_postprocessor.json and their statistics, plus (for serving) the
+tokenizer's tokenizer.json. LeRobot itself is never imported.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .pi0 import GEMMA_VARIANTS, GemmaDims, Pi0, VisionDims
+from .processing import Normalizer, PromptTokenizer, newline_prompt, pi05_prompt, read_normalizers
+
+KINDS = ("pi0", "pi05", "smolvla")
+STATE_KEY, ACTION_KEY = "observation.state", "action"
+
+
+class PolicyDirError(ValueError):
+    """The directory is not a LeRobot policy we can run; the message says what is wrong."""
+
+
+@dataclass
+class LerobotPolicy:
+    path: Path
+    kind: str
+    config: dict
+    model: torch.nn.Module
+    camera_keys: list[str]
+    state_dim: int
+    action_dim: int
+    pre: dict[str, Normalizer]
+    post: dict[str, Normalizer]
+    tokenizer: PromptTokenizer | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.config["chunk_size"])
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.config.get("n_action_steps", self.chunk_size))
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.get("tokenizer_max_length", 48))
+
+    # --- transforms (host side, numpy/torch) --------------------------------------------------------
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        return self.pre[STATE_KEY].normalize(state) if STATE_KEY in self.pre else state.float()
+
+    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.post[ACTION_KEY].unnormalize(actions) if ACTION_KEY in self.post else actions.float()
+
+    def prompt(self, task: str, normalized_state: np.ndarray | None = None) -> str:
+        if self.kind == "pi05":
+            if normalized_state is None:
+                raise ValueError("π0.5 puts the state in the prompt: pass the normalised state")
+            return pi05_prompt(task, normalized_state)
+        return newline_prompt(task)
+
+    def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.tokenizer is None:
+            raise PolicyDirError(f"{self.path}: no tokenizer.json (copy the policy's tokenizer.json — PaliGemma's for "
+                                 f"π0/π0.5, SmolVLM2's for SmolVLA — into the directory, or set `tokenizer`)")
+        return self.tokenizer(text)
+
+    # --- eager reference path -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: list[torch.Tensor], state: torch.Tensor, tokens: torch.Tensor,
+                token_mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Raw cameras [B, 3, H, W] in [0, 1], raw state [B, state_dim], token ids/mask [B, L],
+        noise [B, chunk, max_action_dim] -> unnormalised actions [B, chunk, action_dim] (eager)."""
+        dev = self.device
+        imgs = self.model.prepare_images([im.to(dev) for im in images])
+        B = imgs.shape[0]
+        masks = torch.ones(B, imgs.shape[1], dtype=torch.bool, device=dev)
+        s = self.normalize_state(state.to(dev))
+        s = torch.nn.functional.pad(s, (0, int(self.config["max_state_dim"]) - s.shape[-1]))
+        out = self.model(imgs, masks, tokens.to(dev), token_mask.to(dev), s, noise.to(dev))
+        return self.unnormalize_actions(out[..., : self.action_dim])
+
+
+def read_config(path: Path) -> dict:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise PolicyDirError(f"{path}: no config.json (expected a LeRobot policy directory)")
+    cfg = json.loads(cfg_path.read_text())
+    kind = cfg.get("type")
+    if kind not in KINDS:
+        raise PolicyDirError(f"{path}: policy type {kind!r} is not supported (supported: {', '.join(KINDS)})")
+    return cfg
+
+
+def build_network(path: Path, cfg: dict) -> torch.nn.Module:
+    """The empty network for this config. A reduced-size test model carries its dims in arch.json
+    (LeRobot's config.json names only the variants)."""
+    arch = json.loads((path / "arch.json").read_text()) if (path / "arch.json").is_file() else {}
+    kind = cfg["type"]
+    if kind in ("pi0", "pi05"):
+        def gemma(which: str, variant_key: str) -> GemmaDims:
+            if which in arch:
+                return GemmaDims(**{k: int(v) for k, v in arch[which].items() if k in GemmaDims.__annotations__})
+            variant = cfg.get(variant_key)
+            if variant not in GEMMA_VARIANTS:
+                raise PolicyDirError(f"{path}: unknown {variant_key} {variant!r}")
+            return GEMMA_VARIANTS[variant]
+        vision = VisionDims(**{k: int(v) for k, v in arch.get("vision", {}).items()
+                               if k in VisionDims.__annotations__})
+        res = cfg.get("image_resolution", [224, 224])
+        return Pi0(gemma("vlm", "paligemma_variant"), gemma("expert", "action_expert_variant"), vision,
+                   pi05=kind == "pi05", image_size=int(res[0]), chunk_size=int(cfg["chunk_size"]),
+                   max_state_dim=int(cfg["max_state_dim"]), max_action_dim=int(cfg["max_action_dim"]),
+                   num_steps=int(cfg.get("num_inference_steps", 10)), min_period=float(cfg.get("min_period", 4e-3)),
+                   max_period=float(cfg.get("max_period", 4.0)), vocab_size=int(arch.get("vocab_size", 257152)))
+    from .smolvla import SMOLVLM2_500M, SmolVLA
+    vlm_name = cfg.get("vlm_model_name", "")
+    vlm_dir = Path(vlm_name) if Path(vlm_name).is_absolute() else path / vlm_name
+    if vlm_name and (vlm_dir / "config.json").is_file():
+        vlm = json.loads((vlm_dir / "config.json").read_text())
+    else:
+        vlm = SMOLVLM2_500M
+    return SmolVLA(cfg, vlm)
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+                tokenizer: str | Path | None = None) -> LerobotPolicy:
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise PolicyDirError(f"{path}: not a directory")
+    cfg = read_config(path)
+    device = torch.device(device)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise PolicyDirError(f"{path}: no model.safetensors")
+    net = build_network(path, cfg)
+    try:
+        net.load_state_dict(net.convert_state_dict(load_file(str(weights))), strict=True)
+    except KeyError as e:
+        raise PolicyDirError(f"{path}: {e.args[0]}") from None
+    net.finalize(device, dtype)
+    feats = cfg.get("input_features", {})
+    cameras = [k for k, f in feats.items() if f.get("type") == "VISUAL"]
+    if not cameras:
+        raise PolicyDirError(f"{path}: config.json lists no camera (VISUAL) input features")
+    state_dim = int(feats.get(STATE_KEY, {}).get("shape", [cfg["max_state_dim"]])[0])
+    action_dim = int(cfg.get("output_features", {}).get(ACTION_KEY, {}).get("shape", [cfg["max_action_dim"]])[0])
+    pre, post = read_normalizers(path)
+    tok_path = Path(tokenizer) if tokenizer is not None else path / "tokenizer.json"
+    tok = PromptTokenizer(tok_path, int(cfg.get("tokenizer_max_length", 48))) if tok_path.is_file() else None
+    if tokenizer is not None and tok is None:
+        raise PolicyDirError(f"tokenizer {tok_path} not found")
+    return LerobotPolicy(path=path, kind=cfg["type"], config=cfg, model=net, camera_keys=cameras,
+                         state_dim=state_dim, action_dim=action_dim, pre=pre, post=post, tokenizer=tok,
+                         device=device)

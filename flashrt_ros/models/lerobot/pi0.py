@@ -1,0 +1,353 @@
+"""π0 and π0.5 (LeRobot 0.6.1 / openpi) as one static-shape inference network.
+
+    images (SigLIP + projector) + language tokens  ->  prefix, encoded ONCE per chunk by the
+    PaliGemma Gemma (its per-layer K/V kept as plain tensors)
+    noise -> num_steps forward-Euler steps of the action expert (a smaller Gemma) whose layers
+    attend to [prefix K/V ; own K/V]                                        ->  actions
+
+π0 puts the state in the suffix as one token and mixes the flow time into the action tokens with
+an MLP; π0.5 has no state token (the state is in the prompt, see processing.py) and conditions every
+expert RMSNorm on the time (adaRMS: scale, shift and a residual gate).
+
+Times are static (t = 1, 0.9, ... for 10 steps), so everything that depends only on t — π0.5's time
+MLP and every adaRMS modulation, π0's time half of `action_time_mlp_in` — is computed once at load
+(`finalize`) in float32 and kept as tables; the graph does no time work. Same math as LeRobot, in a
+different order for π0's split matmul (fp32 differences ~1e-7).
+
+Key map (LeRobot state dict -> ours; a leading "model." is optional, as in LeRobot's loader):
+    paligemma_with_expert.paligemma.model.vision_tower.vision_model.*  -> vision.*
+    paligemma_with_expert.paligemma.model.multi_modal_projector.linear.* -> projector.*
+    paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight -> embed.weight
+        (absent in some exports: then paligemma.lm_head.weight, its tied twin, is used)
+    paligemma_with_expert.paligemma.model.language_model.layers.N.*    -> vlm.N.*
+    paligemma_with_expert.gemma_expert.model.layers.N.*                -> expert.N.*
+    paligemma_with_expert.gemma_expert.model.norm.*                    -> expert_norm.*
+    action_in_proj, action_out_proj, state_proj (π0), action_time_mlp_in/out (π0),
+    time_mlp_in/out (π0.5; either name is accepted for either policy, as LeRobot does) -> same names
+    unused at inference: the PaliGemma final norm, both lm_heads, vision pooling head (absent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .processing import resize_with_pad_centered
+from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, gelu_tanh, rope_cos_sin,
+                     sinusoidal_time_embedding)
+from .siglip import VisionTransformer
+
+PREFIX = "paligemma_with_expert."
+
+
+@dataclass(frozen=True)
+class GemmaDims:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class VisionDims:
+    hidden: int = 1152
+    layers: int = 27
+    heads: int = 16
+    intermediate: int = 4304
+    patch: int = 14
+
+
+# openpi's Gemma variants (LeRobot's get_gemma_config) and PaliGemma's SigLIP so400m/14.
+GEMMA_VARIANTS = {
+    "gemma_300m": GemmaDims(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
+    "gemma_2b": GemmaDims(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256),
+}
+VOCAB_SIZE = 257152
+ROPE_THETA = 10000.0
+RMS_EPS = 1e-6
+
+
+class RMSNorm(nn.Module):
+    """Gemma RMSNorm: x / rms(x) * (1 + w), statistics in float32."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (_rms(x) * (1.0 + self.weight.float())).type_as(x)
+
+
+class AdaRMSNorm(nn.Module):
+    """π0.5's time-conditioned RMSNorm. At run time scale/shift/gate come from a per-step table."""
+
+    def __init__(self, dim: int, cond_dim: int):
+        super().__init__()
+        self.dense = nn.Linear(cond_dim, 3 * dim)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    var = torch.mean(torch.square(x.float()), dim=-1, keepdim=True)
+    return x * torch.rsqrt(var + RMS_EPS)
+
+
+def _modulate(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """adaRMS with a precomputed fp32 modulation row [3 * W] (scale, shift, gate)."""
+    scale, shift, gate = mod.chunk(3, dim=-1)
+    return (_rms(x) * (1 + scale) + shift).to(x.dtype), gate.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, d: GemmaDims):
+        super().__init__()
+        self.d = d
+        self.q_proj = nn.Linear(d.width, d.num_heads * d.head_dim, bias=False)
+        self.k_proj = nn.Linear(d.width, d.num_kv_heads * d.head_dim, bias=False)
+        self.v_proj = nn.Linear(d.width, d.num_kv_heads * d.head_dim, bias=False)
+        self.o_proj = nn.Linear(d.num_heads * d.head_dim, d.width, bias=False)
+
+    def qkv(self, x, cos, sin):
+        B, T, _ = x.shape
+        hd = self.d.head_dim
+        q = self.q_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+class MLP(nn.Module):
+    def __init__(self, d: GemmaDims):
+        super().__init__()
+        self.gate_proj = nn.Linear(d.width, d.mlp_dim, bias=False)
+        self.up_proj = nn.Linear(d.width, d.mlp_dim, bias=False)
+        self.down_proj = nn.Linear(d.mlp_dim, d.width, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GemmaLayer(nn.Module):
+    def __init__(self, d: GemmaDims, ada: bool):
+        super().__init__()
+        norm = (lambda: AdaRMSNorm(d.width, d.width)) if ada else (lambda: RMSNorm(d.width))
+        self.input_layernorm = norm()
+        self.self_attn = Attention(d)
+        self.post_attention_layernorm = norm()
+        self.mlp = MLP(d)
+
+
+class Pi0(nn.Module):
+    """π0 (`pi05=False`) or π0.5 (`pi05=True`). forward() is the whole chunk; see module docstring."""
+
+    def __init__(self, vlm: GemmaDims, expert: GemmaDims, vision: VisionDims, *, pi05: bool, image_size: int = 224,
+                 chunk_size: int = 50, max_state_dim: int = 32, max_action_dim: int = 32, num_steps: int = 10,
+                 min_period: float = 4e-3, max_period: float = 4.0, vocab_size: int = VOCAB_SIZE):
+        super().__init__()
+        if (vlm.num_heads, vlm.num_kv_heads, vlm.head_dim) != (expert.num_heads, expert.num_kv_heads, expert.head_dim):
+            raise ValueError("the VLM and the action expert must share heads and head_dim (joint attention)")
+        if vlm.depth != expert.depth:
+            raise ValueError(f"VLM depth {vlm.depth} != expert depth {expert.depth}")
+        self.pi05, self.image_size, self.chunk_size = pi05, image_size, chunk_size
+        self.max_state_dim, self.max_action_dim, self.num_steps = max_state_dim, max_action_dim, num_steps
+        self.min_period, self.max_period = min_period, max_period
+        self.vlm_dims, self.expert_dims = vlm, expert
+        self.vision = VisionTransformer(vision.hidden, vision.layers, vision.heads, vision.intermediate,
+                                        vision.patch, image_size)
+        self.projector = nn.Linear(vision.hidden, vlm.width)
+        self.embed = nn.Embedding(vocab_size, vlm.width)
+        self.vlm = nn.ModuleList(GemmaLayer(vlm, ada=False) for _ in range(vlm.depth))
+        self.expert = nn.ModuleList(GemmaLayer(expert, ada=pi05) for _ in range(expert.depth))
+        self.expert_norm = AdaRMSNorm(expert.width, expert.width) if pi05 else RMSNorm(expert.width)
+        W = expert.width
+        self.action_in_proj = nn.Linear(max_action_dim, W)
+        self.action_out_proj = nn.Linear(W, max_action_dim)
+        if pi05:
+            self.time_mlp_in, self.time_mlp_out = nn.Linear(W, W), nn.Linear(W, W)
+        else:
+            self.state_proj = nn.Linear(max_state_dim, W)
+            self.action_time_mlp_in, self.action_time_mlp_out = nn.Linear(2 * W, W), nn.Linear(W, W)
+        self._finalized = False
+
+    # --- checkpoint edge ---------------------------------------------------------------------------
+    @staticmethod
+    def map_key(key: str) -> str | None:
+        """LeRobot key -> ours, or None when the tensor is not used at inference."""
+        k = key[len("model."):] if key.startswith("model.") else key
+        if not k.startswith(PREFIX):
+            return k
+        k = k[len(PREFIX):]
+        table = (
+            ("paligemma.model.vision_tower.vision_model.", "vision."),
+            ("paligemma.model.multi_modal_projector.linear.", "projector."),
+            ("paligemma.model.language_model.embed_tokens.", "embed."),
+            ("paligemma.model.language_model.layers.", "vlm."),
+            ("gemma_expert.model.layers.", "expert."),
+            ("gemma_expert.model.norm.", "expert_norm."),
+        )
+        for old, new in table:
+            if k.startswith(old):
+                return new + k[len(old):]
+        if k.startswith(("paligemma.model.language_model.norm.", "paligemma.lm_head.", "gemma_expert.lm_head.")):
+            return None
+        raise KeyError(f"unknown checkpoint tensor {key!r}")
+
+    def convert_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A LeRobot π0/π0.5 state dict -> ours (every tensor of ours filled, or a KeyError naming it)."""
+        out: dict[str, torch.Tensor] = {}
+        time_names = ("time_mlp_", "action_time_mlp_")
+        mine, other = time_names if self.pi05 else time_names[::-1]
+        lm_head = None
+        for key, value in sd.items():
+            if key.endswith("paligemma.lm_head.weight"):
+                lm_head = value
+            name = self.map_key(key)
+            if name is None:
+                continue
+            if name.startswith(other):
+                name = mine + name[len(other):]
+            if self.pi05 and name.startswith("state_proj."):
+                continue  # LeRobot skips it for π0.5 too
+            out[name] = value
+        if "embed.weight" not in out and lm_head is not None:
+            out["embed.weight"] = lm_head
+        own = self.state_dict()
+        missing = sorted(set(own) - set(out))
+        unexpected = sorted(set(out) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"checkpoint does not fit this {'π0.5' if self.pi05 else 'π0'} network: "
+                           f"missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
+                           f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
+        for name, value in out.items():
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise KeyError(f"tensor {name}: checkpoint shape {tuple(value.shape)}, network expects "
+                               f"{tuple(own[name].shape)} (wrong variant or dims?)")
+        return out
+
+    # --- load-time precomputation ------------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self, device: torch.device | str, dtype: torch.dtype) -> "Pi0":
+        """Move to `device`, compute the per-step time tables in float32 from float32 weights, then cast
+        the network to `dtype`. Call once after the weights are loaded."""
+        self.to(device=device, dtype=torch.float32)
+        t = torch.tensor(euler_times(self.num_steps), dtype=torch.float32, device=device)
+        temb = sinusoidal_time_embedding(t, self.expert_dims.width, self.min_period, self.max_period)  # [K, W]
+        if self.pi05:
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))                      # [K, W]
+            mods = [torch.stack([layer.input_layernorm.dense(cond), layer.post_attention_layernorm.dense(cond)])
+                    for layer in self.expert]                                                    # [2, K, 3W]
+            self.register_buffer("ada_layers", torch.stack(mods), persistent=False)               # [L, 2, K, 3W]
+            self.register_buffer("ada_final", self.expert_norm.dense(cond), persistent=False)     # [K, 3W]
+        else:
+            W = self.expert_dims.width
+            w_time = self.action_time_mlp_in.weight[:, W:]
+            self.register_buffer("time_bias", temb @ w_time.T + self.action_time_mlp_in.bias, persistent=False)
+            self.register_buffer("w_action", self.action_time_mlp_in.weight[:, :W].clone(), persistent=False)
+        self.to(dtype=dtype)
+        for name in ("ada_layers", "ada_final", "time_bias"):  # tables stay float32
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).float())
+        self._finalized = True
+        return self.eval().requires_grad_(False)
+
+    # --- the chunk ---------------------------------------------------------------------------------
+    def prepare_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Cameras [B, 3, H, W] float in [0, 1] -> [B, n, 3, R, R] in [-1, 1], as LeRobot's
+        PI0Policy._preprocess_images gives them to the model (centred resize-with-pad)."""
+        return torch.stack([resize_with_pad_centered(im.float(), self.image_size) * 2.0 - 1.0 for im in images], 1)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, n, 3, R, R] -> [B, n * patches, width]."""
+        B, n = images.shape[:2]
+        feats = self.projector(self.vision(images.flatten(0, 1)))
+        return feats.view(B, n * feats.shape[1], -1)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, img_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """images [B, n, 3, R, R] in [-1, 1], img_masks [B, n] bool, tokens [B, L] int64, token_mask [B, L] bool,
+        state [B, max_state_dim] (normalised, padded; unused by π0.5), noise [B, H, max_action_dim]
+        -> actions [B, H, max_action_dim] (normalised)."""
+        if not self._finalized:
+            raise RuntimeError("call finalize(device, dtype) after loading the weights")
+        dtype = self.action_in_proj.weight.dtype
+        B, n = images.shape[:2]
+        img = self.embed_images(images)
+        P_img = img.shape[1] // n
+        # Gemma scales embeddings by sqrt(width), the constant rounded through float32 as HF does
+        lang = self.embed(tokens) * torch.tensor(self.vlm_dims.width ** 0.5).to(self.embed.weight.dtype)
+        prefix = torch.cat([img.to(dtype), lang.to(dtype)], dim=1)
+        prefix_pad = torch.cat([img_masks[:, :, None].expand(B, n, P_img).reshape(B, -1), token_mask], dim=1)
+        prefix_k, prefix_v = self._encode_prefix(prefix, prefix_pad)
+
+        # Suffix layout: π0 [state, actions], π0.5 [actions]; the first suffix token opens a new block.
+        H = self.chunk_size
+        S = H if self.pi05 else H + 1
+        suffix_pad = torch.ones(B, S, dtype=torch.bool, device=prefix.device)
+        ar = torch.zeros(B, S, dtype=torch.int64, device=prefix.device)
+        ar[:, 0] = 1
+        if not self.pi05:
+            ar[:, 1] = 1
+        allowed = torch.cat([prefix_pad[:, None, :].expand(B, S, prefix_pad.shape[1]), block_mask(suffix_pad, ar)],
+                            dim=2)
+        mask = additive_mask(allowed, dtype)
+        positions = prefix_pad.sum(dim=1, keepdim=True) + torch.arange(S, device=prefix.device)[None]
+        cos, sin = rope_cos_sin(positions, self.expert_dims.head_dim, ROPE_THETA)
+        state_emb = None if self.pi05 else self.state_proj(state.to(dtype))[:, None]
+
+        x_t = noise.to(torch.float32)
+        dt = -1.0 / self.num_steps
+        for step in range(self.num_steps):
+            v_t = self._velocity(step, x_t, state_emb, prefix_k, prefix_v, mask, cos, sin)
+            x_t = x_t + dt * v_t
+        return x_t
+
+    def _encode_prefix(self, x: torch.Tensor, pad: torch.Tensor):
+        mask = additive_mask(block_mask(pad, torch.zeros_like(pad, dtype=torch.int64)), x.dtype)
+        positions = torch.cumsum(pad, dim=1) - 1
+        cos, sin = rope_cos_sin(positions, self.vlm_dims.head_dim, ROPE_THETA)
+        scale = self.vlm_dims.head_dim ** -0.5
+        ks, vs = [], []
+        for i, layer in enumerate(self.vlm):
+            q, k, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
+            ks.append(k)
+            vs.append(v)
+            if i == len(self.vlm) - 1:
+                break  # the last layer's output is never read: only its K/V are
+            x = x + layer.self_attn.o_proj(attention(q, k, v, mask, scale))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return ks, vs
+
+    def _velocity(self, step, x_t, state_emb, prefix_k, prefix_v, mask, cos, sin) -> torch.Tensor:
+        dtype = self.action_in_proj.weight.dtype
+        act = self.action_in_proj(x_t.to(dtype))
+        if self.pi05:
+            x = act
+        else:
+            h = F.silu(F.linear(act, self.w_action) + self.time_bias[step].to(dtype))
+            x = torch.cat([state_emb, self.action_time_mlp_out(h)], dim=1)
+        scale = self.expert_dims.head_dim ** -0.5
+        for i, layer in enumerate(self.expert):
+            if self.pi05:
+                h, gate = _modulate(x, self.ada_layers[i, 0, step])
+            else:
+                h, gate = layer.input_layernorm(x), None
+            q, k, v = layer.self_attn.qkv(h, cos, sin)
+            k = torch.cat([prefix_k[i], k], dim=2)
+            v = torch.cat([prefix_v[i], v], dim=2)
+            out = layer.self_attn.o_proj(attention(q, k, v, mask, scale))
+            x = x + out if gate is None else x + out * gate
+            if self.pi05:
+                h, gate = _modulate(x, self.ada_layers[i, 1, step])
+            else:
+                h = layer.post_attention_layernorm(x)
+            out = layer.mlp(h)
+            x = x + out if gate is None else x + out * gate
+        if self.pi05:
+            x, _ = _modulate(x, self.ada_final[step])
+        else:
+            x = self.expert_norm(x)
+        return self.action_out_proj(x[:, -self.chunk_size:].to(self.action_out_proj.weight.dtype)).float()

@@ -1,0 +1,169 @@
+"""LeRobot's input/output transforms as named steps: normalisation from the processor statistics,
+images resized with padding, π0.5's state-in-the-prompt, tokenisation.
+
+Each mirrors one LeRobot processor step (named in its docstring) and is checked against it in
+parity/. Pure torch/numpy; the tokenizer is the `tokenizers` library reading the checkpoint's
+tokenizer.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MODES = ("IDENTITY", "MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10")
+
+
+class Normalizer:
+    """LeRobot's NormalizerProcessorStep / UnnormalizerProcessorStep for one feature (state or action).
+
+    stats: {"mean": [D], "std": [D], "min": ..., "q01": ...}; mode one of MODES."""
+
+    def __init__(self, key: str, mode: str, stats: dict[str, torch.Tensor], eps: float = 1e-8):
+        if mode not in MODES:
+            raise ValueError(f"{key}: unsupported normalisation mode {mode!r} (known: {', '.join(MODES)})")
+        need = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
+                "QUANTILE10": ("q10", "q90"), "IDENTITY": ()}[mode]
+        missing = [s for s in need if s not in stats]
+        if missing:
+            raise ValueError(f"{key}: {mode} normalisation needs statistics {missing}, the checkpoint has "
+                             f"{sorted(stats)}")
+        self.key, self.mode, self.eps = key, mode, float(eps)
+        self.stats = {k: v.to(torch.float32) for k, v in stats.items()}
+
+    def _lo_span(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo_name, hi_name = {"MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
+                            "QUANTILE10": ("q10", "q90")}[self.mode]
+        lo = self.stats[lo_name].to(like.device)
+        span = self.stats[hi_name].to(like.device) - lo
+        return lo, torch.where(span == 0, torch.tensor(self.eps, device=like.device), span)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if self.mode == "IDENTITY":
+            return x
+        if self.mode == "MEAN_STD":
+            return (x - self.stats["mean"].to(x.device)) / (self.stats["std"].to(x.device) + self.eps)
+        lo, span = self._lo_span(x)
+        if self.mode == "MIN_MAX":
+            return 2 * (x - lo) / span - 1
+        return 2.0 * (x - lo) / span - 1.0
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float32)
+        if self.mode == "IDENTITY":
+            return x
+        if self.mode == "MEAN_STD":
+            return x * self.stats["std"].to(x.device) + self.stats["mean"].to(x.device)
+        lo, span = self._lo_span(x)
+        if self.mode == "MIN_MAX":
+            return (x + 1) / 2 * span + lo
+        return (x + 1.0) * span / 2.0 + lo
+
+    def affine(self, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) with transform(x) = x * scale + offset, for fused kernels. Float32, [D]."""
+        probe = torch.stack([torch.zeros_like(self._any()), torch.ones_like(self._any())])
+        y = self.unnormalize(probe) if inverse else self.normalize(probe)
+        return y[1] - y[0], y[0]
+
+    def _any(self) -> torch.Tensor:
+        return next(iter(self.stats.values()))
+
+
+def read_normalizers(policy_dir: Path) -> tuple[dict[str, Normalizer], dict[str, Normalizer]]:
+    """The (pre, post) normalisers from policy_preprocessor.json / policy_postprocessor.json and their
+    .safetensors statistics, keyed by feature ("observation.state", "action")."""
+    from safetensors.torch import load_file
+
+    def read(filename: str, registry: str) -> dict[str, Normalizer]:
+        path = policy_dir / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{policy_dir}: no {filename} (a LeRobot policy directory has the processor "
+                                    f"files next to config.json)")
+        pipeline = json.loads(path.read_text())
+        out: dict[str, Normalizer] = {}
+        for step in pipeline.get("steps", []):
+            if step.get("registry_name") != registry:
+                continue
+            cfg = step.get("config", {})
+            flat = load_file(str(policy_dir / step["state_file"])) if step.get("state_file") else {}
+            stats: dict[str, dict[str, torch.Tensor]] = {}
+            for flat_key, t in flat.items():
+                key, stat = flat_key.rsplit(".", 1)
+                stats.setdefault(key, {})[stat] = t
+            norm_map = cfg.get("norm_map", {})
+            for key, feat in cfg.get("features", {}).items():
+                mode = norm_map.get(feat["type"], "IDENTITY")
+                if feat["type"] in ("STATE", "ACTION") and key in stats:
+                    out[key] = Normalizer(key, mode, stats[key], cfg.get("eps", 1e-8))
+                elif feat["type"] in ("STATE", "ACTION"):
+                    out[key] = Normalizer(key, "IDENTITY", {})
+        return out
+
+    return (read("policy_preprocessor.json", "normalizer_processor"),
+            read("policy_postprocessor.json", "unnormalizer_processor"))
+
+
+def resize_with_pad_centered(images: torch.Tensor, size: int) -> torch.Tensor:
+    """openpi's resize_with_pad_torch for float images in [0, 1]: [N, 3, H, W] -> [N, 3, size, size],
+    aspect kept, bilinear, clamped to [0, 1], black bars centred."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    ratio = max(w / size, h / size)
+    rh, rw = int(h / ratio), int(w / ratio)
+    out = F.interpolate(images, size=(rh, rw), mode="bilinear", align_corners=False).clamp(0.0, 1.0)
+    top, left = (size - rh) // 2, (size - rw) // 2
+    return F.pad(out, (left, size - rw - left, top, size - rh - top), mode="constant", value=0.0)
+
+
+def pi05_prompt(task: str, normalized_state: np.ndarray) -> str:
+    """π0.5's prompt (LeRobot Pi05PrepareStateTokenizerProcessorStep): the normalised state, in [-1, 1],
+    discretised into 256 bins and written as numbers after the task."""
+    bins = np.digitize(np.asarray(normalized_state), bins=np.linspace(-1, 1, 256 + 1)[:-1]) - 1
+    cleaned = task.strip().replace("_", " ").replace("\n", " ")
+    return f"Task: {cleaned}, State: {' '.join(map(str, bins.reshape(-1)))};\nAction: "
+
+
+def newline_prompt(task: str) -> str:
+    """π0 and SmolVLA end the task with a newline (LeRobot's Pi0NewLineProcessor / SmolVLANewLineProcessor)."""
+    return task if task.endswith("\n") else task + "\n"
+
+
+class PromptTokenizer:
+    """A Hugging Face tokenizer.json read with the `tokenizers` library, padded right to max_length
+    (LeRobot's TokenizerProcessorStep: padding="max_length", truncation)."""
+
+    def __init__(self, path: Path, max_length: int):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(path))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.max_length = int(max_length)
+        self.pad_id = self._pad_id(path)
+
+    @staticmethod
+    def _pad_id(path: Path) -> int:
+        cfg_path = path.parent / "tokenizer_config.json"
+        if cfg_path.is_file():
+            pad = json.loads(cfg_path.read_text()).get("pad_token")
+            if isinstance(pad, dict):
+                pad = pad.get("content")
+            if pad is not None:
+                from tokenizers import Tokenizer
+                tid = Tokenizer.from_file(str(path)).token_to_id(pad)
+                if tid is not None:
+                    return int(tid)
+        return 0
+
+    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.tokenizer.encode(text).ids[: self.max_length]
+        tokens = np.full(self.max_length, self.pad_id, dtype=np.int64)
+        mask = np.zeros(self.max_length, dtype=bool)
+        tokens[: len(ids)] = ids
+        mask[: len(ids)] = True
+        return tokens, mask
