@@ -107,20 +107,25 @@ def build_network(path: Path, cfg: dict) -> torch.nn.Module:
     kind = cfg["type"]
     if kind in ("pi0", "pi05"):
         def gemma(which: str, variant_key: str) -> GemmaDims:
-            if which in arch:
-                return GemmaDims(**{k: int(v) for k, v in arch[which].items() if k in GemmaDims.__annotations__})
+            if which in arch:  # Hugging Face config field names, as parity/ writes them
+                a = arch[which]
+                return GemmaDims(width=a["hidden_size"], depth=a["num_hidden_layers"], mlp_dim=a["intermediate_size"],
+                                 num_heads=a["num_attention_heads"], num_kv_heads=a["num_key_value_heads"],
+                                 head_dim=a["head_dim"])
             variant = cfg.get(variant_key)
             if variant not in GEMMA_VARIANTS:
                 raise PolicyDirError(f"{path}: unknown {variant_key} {variant!r}")
             return GEMMA_VARIANTS[variant]
-        vision = VisionDims(**{k: int(v) for k, v in arch.get("vision", {}).items()
-                               if k in VisionDims.__annotations__})
+        v = arch.get("vision")
+        vision = VisionDims(hidden=v["hidden_size"], layers=v["num_hidden_layers"], heads=v["num_attention_heads"],
+                            intermediate=v["intermediate_size"], patch=v["patch_size"]) if v else VisionDims()
         res = cfg.get("image_resolution", [224, 224])
         return Pi0(gemma("vlm", "paligemma_variant"), gemma("expert", "action_expert_variant"), vision,
                    pi05=kind == "pi05", image_size=int(res[0]), chunk_size=int(cfg["chunk_size"]),
                    max_state_dim=int(cfg["max_state_dim"]), max_action_dim=int(cfg["max_action_dim"]),
                    num_steps=int(cfg.get("num_inference_steps", 10)), min_period=float(cfg.get("min_period", 4e-3)),
-                   max_period=float(cfg.get("max_period", 4.0)), vocab_size=int(arch.get("vocab_size", 257152)))
+                   max_period=float(cfg.get("max_period", 4.0)),
+                   vocab_size=int(arch.get("vlm", {}).get("vocab_size", 257152)))
     from .smolvla import SMOLVLM2_500M, SmolVLA
     vlm_name = cfg.get("vlm_model_name", "")
     vlm_dir = Path(vlm_name) if Path(vlm_name).is_absolute() else path / vlm_name
