@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "world": ("flashrt_ros.tools.world", "run the reference world as a ROS 2 node (camera, joints)"),
     "replay": ("flashrt_ros.tools.replay", "replay a recorded bag through the policy and compare"),
     "bench": ("flashrt_ros.tools.bench", "benchmark graph vs eager, planner interference, hand-off, capsules"),
+    "bench-lerobot": ("flashrt_ros.tools.bench_lerobot", "benchmark a LeRobot checkpoint: graph vs eager vs floor"),
     "bench-ros": ("flashrt_ros.tools.bench_ros", "benchmark camera message -> action chunk through the ROS host"),
     "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world"),
 }

@@ -15,6 +15,7 @@ it came from and what is allowed. No ROS imports: this module is testable withou
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -69,10 +70,16 @@ def _text(v: str) -> str | None:
     return None if len(v.encode("utf-8")) <= MAX_TEXT_BYTES else f"at most {MAX_TEXT_BYTES} bytes"
 
 
+MODELS = ("flashrt", "lerobot_pi0", "lerobot_pi05", "lerobot_smolvla")
+
 PARAMS: tuple[Param, ...] = (
     # --- model -----------------------------------------------------------------------------------
+    Param("model", str, "flashrt", "'flashrt': the built-in planner + actor (preset, checkpoint); 'lerobot_pi0', "
+          "'lerobot_pi05', 'lerobot_smolvla': a LeRobot policy directory in 'checkpoint' as the actor (no planner: "
+          "the task is the subtask, coaching replaces it)", _one_of(*MODELS)),
     Param("preset", str, "reference", "model size preset (flashrt_ros.models.config.PRESETS)"),
     Param("checkpoint", str, "", "checkpoint directory (config.json + safetensors); '' = the preset's shipped weights"),
+    Param("tokenizer", str, "", "LeRobot models: the tokenizer.json for prompts; '' = <checkpoint>/tokenizer.json"),
     Param("device", str, "auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'; cuda without a GPU is an error", _device),
     Param("seed", int, 0, "seed of the flow-matching noise (runs are reproducible per seed)", _in(0, 2**31 - 1)),
     Param("planner_pieces", int, 1, "graphs the planner is cut into, so the actor can run between them", _in(1, 64)),
@@ -133,8 +140,10 @@ class CameraConfig:
 
 @dataclass(frozen=True)
 class HostConfig:
+    model: str = "flashrt"
     preset: str = "reference"
     checkpoint: str = ""
+    tokenizer: str = ""
     device: str = "auto"
     seed: int = 0
     planner_pieces: int = 1
@@ -273,12 +282,30 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
     if values["checkpoint"] and not Path(values["checkpoint"]).expanduser().is_dir():
         raise ConfigError(f"parameter 'checkpoint' = {values['checkpoint']!r} (from {sources['checkpoint']}) "
                           f"is not a directory")
+    if values["model"].startswith("lerobot_"):
+        if not values["checkpoint"]:
+            raise ConfigError(f"parameter 'model' = {values['model']!r} (from {sources['model']}) needs "
+                              f"'checkpoint': the LeRobot policy directory")
+        policy_type = _lerobot_type(Path(values["checkpoint"]).expanduser())
+        if policy_type != values["model"][len("lerobot_"):]:
+            raise ConfigError(f"parameter 'model' = {values['model']!r} (from {sources['model']}), but "
+                              f"{values['checkpoint']}/config.json is a {policy_type!r} policy")
+    if values["tokenizer"] and not Path(values["tokenizer"]).expanduser().is_file():
+        raise ConfigError(f"parameter 'tokenizer' = {values['tokenizer']!r} (from {sources['tokenizer']}) "
+                          f"is not a file")
 
     tuples = {k: tuple(v) for k, v in values.items() if isinstance(v, list) and k != "cameras"}
     values.update(tuples)
     values["cameras"] = tuple(cameras)
     values["device"] = values["device"].strip().lower()
     return HostConfig(**values, sources=sources)
+
+
+def _lerobot_type(directory: Path) -> str:
+    try:
+        return str(json.loads((directory / "config.json").read_text()).get("type"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{directory}: cannot read config.json ({err})") from None
 
 
 def _coerce(spec: Param, value: Any, source: str) -> Any:

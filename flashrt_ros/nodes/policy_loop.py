@@ -120,7 +120,11 @@ class PolicyLoop:
     def _load_engine(self) -> None:
         cfg = self.config
         factory = self._engine_factory
-        if factory is None:
+        extra = {}
+        if factory is None and cfg.model.startswith("lerobot_"):
+            from flashrt_ros.lerobot_engine import LerobotEngine
+            factory, extra = LerobotEngine, {"tokenizer": cfg.tokenizer or None}
+        elif factory is None:
             from flashrt_ros.engine import Engine
             factory = Engine
         t0 = time.monotonic()
@@ -129,7 +133,7 @@ class PolicyLoop:
             torch.set_num_threads(cfg.cpu_threads)
         engine = factory(checkpoint=cfg.checkpoint or None, preset=cfg.preset, device=cfg.device, seed=cfg.seed,
                          joint_limits=cfg.joint_limits, max_velocity=np.asarray(cfg.max_velocity, np.float32),
-                         planner_pieces=cfg.planner_pieces, dtype=cfg.dtype)
+                         planner_pieces=cfg.planner_pieces, dtype=cfg.dtype, **extra)
         mc = engine.config
         if len(cfg.cameras) != mc.n_cameras:
             raise ConfigError(f"parameter 'cameras' lists {len(cfg.cameras)} camera(s) "

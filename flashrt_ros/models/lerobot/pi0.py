@@ -253,6 +253,18 @@ class Pi0(nn.Module):
         self._finalized = True
         return self.eval().requires_grad_(False)
 
+    def weight_bytes(self) -> tuple[int, int]:
+        """(bytes read once per chunk: vision, projector, VLM; bytes read per denoise step: the expert and
+        the action projections) for the memory-bandwidth floor. The embedding table is gathered, not read."""
+        def size(*modules):  # adaRMS projections are folded into the per-step tables at load: not read
+            return sum(p.numel() * p.element_size() for m in modules for n, p in m.named_parameters()
+                       if "dense" not in n)
+        once = size(self.vision, self.projector, self.vlm)
+        per_step = size(self.expert, self.expert_norm, self.action_in_proj, self.action_out_proj)
+        if not self.pi05:
+            per_step += size(self.action_time_mlp_out) + self.w_action.numel() * self.w_action.element_size()
+        return once, per_step
+
     # --- the chunk ---------------------------------------------------------------------------------
     def prepare_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Cameras [B, 3, H, W] float in [0, 1] -> [B, n, 3, R, R] in [-1, 1], as LeRobot's

@@ -1,0 +1,229 @@
+"""The engine for a LeRobot π0 / π0.5 / SmolVLA checkpoint: the same host-facing surface as Engine
+(act, set_task, coach, plan, reset, ...) so the ROS host serves either.
+
+    engine = LerobotEngine(checkpoint="/robot/pi05_mytask", device="cuda", dtype="bfloat16")
+    engine.set_task("pick up the red cup")
+    chunk = engine.act(images, encodings, joint_positions, chunk_seq)
+
+A LeRobot policy has no planner network: the task text is the subtask, and coaching replaces it.
+- π0 and SmolVLA: the prompt's token ids (and mask) live in the SubtaskChannel's device slots; the
+  actor graph reads the active slot, so a coached subtask lands there at once, no recapture.
+- π0.5 writes the normalised state into its prompt, so the prompt changes every chunk: it is
+  tokenised on the host per chunk (the `tokenizers` library, ~0.1 ms) from the current subtask and
+  written into a static token buffer; the subtask version is tracked on the host.
+Each chunk is ONE graph replay: vision + prefix encode + all denoise steps (see models/lerobot/pi0.py).
+Images are resized with padding eagerly before the replay (camera sizes may change between calls).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .engine import MAX_TEXT_BYTES, ChunkResult, _on
+from .models.lerobot import load_policy
+from .models.lerobot.loader import PolicyDirError
+from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
+from .runtime.kernels import ENCODINGS, Postprocessor, image_layout
+
+DEFAULT_CHUNK_DT = 0.02  # LeRobot checkpoints do not record the control period: set `chunk_dt`
+
+
+@dataclass(frozen=True)
+class LerobotInfo:
+    """What the host reads about the model (the fields of ModelConfig it uses)."""
+    name: str
+    n_cameras: int
+    image_size: int
+    state_dim: int
+    action_dim: int
+    horizon: int
+    num_steps: int
+    chunk_dt: float = DEFAULT_CHUNK_DT
+    subtasks: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = ()
+
+
+class LerobotEngine:
+    def __init__(self, checkpoint: str | Path | None = None, preset: str = "lerobot", device: str = "auto",
+                 seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
+                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False,
+                 tokenizer: str | Path | None = None):
+        if not checkpoint:
+            raise PolicyDirError("a LeRobot model needs `checkpoint`: the policy directory")
+        self.device = resolve_device(device)
+        self.dtype = getattr(torch, dtype)
+        self.seed = int(seed)
+        self.policy = p = load_policy(checkpoint, self.device, self.dtype, tokenizer=tokenizer)
+        if p.config.get("use_relative_actions"):
+            raise PolicyDirError(f"{checkpoint}: relative actions (use_relative_actions) are not supported yet")
+        if p.tokenizer is None:
+            p.tokenize("")  # raises the clear "no tokenizer.json" error
+        self.actor = p.model
+        self.config = LerobotInfo(name=f"lerobot_{p.kind}", n_cameras=len(p.camera_keys),
+                                  image_size=p.model.image_size, state_dim=p.state_dim, action_dim=p.action_dim,
+                                  horizon=p.n_action_steps, num_steps=int(p.config.get("num_inference_steps",
+                                                                                       p.config.get("num_steps", 10))))
+        D, H, L = p.action_dim, p.chunk_size, p.max_length
+        limits = np.asarray(joint_limits if joint_limits is not None else [[-np.inf, np.inf]] * D, np.float32)
+        vmax = np.asarray(max_velocity if max_velocity is not None else [np.inf] * D, np.float32)
+        if limits.shape != (D, 2) or vmax.shape != (D,):
+            raise ValueError(f"joint_limits must be [{D}, 2] and max_velocity [{D}], got {limits.shape} and {vmax.shape}")
+
+        on_gpu = self.device.type == "cuda"
+        self.actor_stream = torch.cuda.Stream(self.device, priority=-3) if on_gpu else None
+        self.planner_stream = None
+        self.planner_graphs: list[StaticGraph] = []
+        b = self.buffers = BufferSet(self.device)
+        self.prompt_in_channel = p.kind != "pi05"
+        # channel slot = [token ids | mask as 0/1]
+        self.channel = SubtaskChannel(b, 2 * L, actor_stream=self.actor_stream)
+        R, n = p.model.image_size, len(p.camera_keys)
+        b.declare("actor.images", (1, n, 3, R, R), torch.float32)
+        b.declare("actor.state", (1, int(p.config["max_state_dim"])), torch.float32)
+        b.declare("actor.prompt", (1, 2 * L), torch.int64)       # π0.5: this chunk's prompt
+        b.declare("actor.noise", (1, H, int(p.config["max_action_dim"])), torch.float32)
+        b.declare("actor.actions", (1, H, D), torch.float32)     # normalised, before the post kernel
+        b.declare("actor.subtask_version", (1,), torch.int64)
+        self._img_masks = torch.ones(1, n, dtype=torch.bool, device=self.device)
+        scale, offset = p.post["action"].affine(inverse=True) if "action" in p.post else (torch.ones(D),
+                                                                                           torch.zeros(D))
+        # unnormalise (x * scale + offset), clamp, velocities: one kernel (the reference's post)
+        self.postprocess = Postprocessor(offset.numpy(), scale.numpy(), limits, vmax, self.config.chunk_dt,
+                                         H, self.device)
+        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
+        self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
+        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)
+        self._noise_gen = torch.Generator()
+        self._noise_host = torch.empty(tuple(b["actor.noise"].shape), dtype=torch.float32)
+        self.actor_graph = StaticGraph(
+            "actor", self._actor_fn, b,
+            reads=["actor.images", "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state"],
+            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
+        self.capsules = CapsuleStore(b)
+        self.capsules.snapshot("initial")
+        self._task_text = ""
+        self._subtask = SubtaskState(0, "", "none")   # π0.5's host-side subtask
+
+    # --- the graph -----------------------------------------------------------------------------------
+    def _actor_fn(self, b: BufferSet) -> None:
+        L = self.policy.max_length
+        slot, version = self.channel.read_in_graph(b)
+        prompt = slot if self.prompt_in_channel else b["actor.prompt"]
+        tokens, mask = prompt[:, :L], prompt[:, L:] != 0
+        out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"])
+        b["actor.actions"].copy_(out[..., : self.policy.action_dim])
+        b["actor.subtask_version"].copy_(version)
+
+    # --- task / coaching -----------------------------------------------------------------------------
+    def set_task(self, text: str) -> None:
+        """The task is the first subtask (a LeRobot policy has no planner)."""
+        self._check_text(text, "task")
+        self._task_text = text
+        self._publish(text, "task")
+
+    @property
+    def task(self) -> str:
+        return self._task_text
+
+    @property
+    def subtask(self) -> SubtaskState:
+        return self.channel.state if self.prompt_in_channel else self._subtask
+
+    def coach(self, text: str, source: str = "coach") -> SubtaskState:
+        self._check_text(text, "coaching text")
+        return self._publish(text, source)
+
+    def _publish(self, text: str, source: str) -> SubtaskState:
+        if not self.prompt_in_channel:
+            self.policy.tokenize(text)   # fail here, not at the next chunk, if it cannot be tokenised
+            self._subtask = SubtaskState(self._subtask.version + 1, text, source)
+            return self._subtask
+        tokens, mask = self.policy.tokenize(self.policy.prompt(text))
+        return self.channel.publish(np.concatenate([tokens, mask.astype(np.int64)]), text, source)
+
+    def plan(self, images, encodings, allow_commit: bool = True) -> SubtaskState | None:
+        return None   # no planner network
+
+    def planner_pieces(self, get_images: Callable, on_result: Callable, allow_commit: Callable = lambda: True
+                       ) -> list[Callable[[], None]]:
+        return [lambda: None]
+
+    def reset(self) -> None:
+        self.synchronize()
+        with self.channel.lock:
+            self.capsules.restore("initial")
+            self.channel.reset_host_state()
+        self.synchronize()
+        self._task_text = ""
+        self._subtask = SubtaskState(0, "", "none")
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @staticmethod
+    def _check_text(text: str, what: str) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{what} is empty")
+        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes, over the {MAX_TEXT_BYTES}-byte limit")
+
+    # --- the actor -----------------------------------------------------------------------------------
+    def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
+            chunk_seq: int = 0) -> ChunkResult:
+        t0 = time.perf_counter()
+        p = self.policy
+        q = np.asarray(joint_positions, dtype=np.float32).reshape(-1)
+        if q.shape != (p.state_dim,):
+            raise ValueError(f"joint state has {q.shape[0]} values, the policy takes {p.state_dim}")
+        if not np.all(np.isfinite(q)):
+            raise ValueError(f"joint state is not finite: {q.tolist()}")
+        if len(images) != self.config.n_cameras or len(encodings) != len(images):
+            raise ValueError(f"the policy takes {self.config.n_cameras} camera image(s) {p.camera_keys}, got "
+                             f"{len(images)} images and {len(encodings)} encodings")
+        stream = self.actor_stream
+        state = p.normalize_state(torch.from_numpy(q)[None])
+        padded = torch.nn.functional.pad(state, (0, self.buffers["actor.state"].shape[1] - state.shape[1]))
+        self.buffers.write("actor.state", padded, stream=stream)
+        subtask = self._subtask
+        if not self.prompt_in_channel:
+            tokens, mask = p.tokenize(p.prompt(subtask.text, state[0].numpy()))
+            self.buffers.write("actor.prompt", np.concatenate([tokens, mask.astype(np.int64)])[None], stream=stream)
+        with _on(stream):
+            cams = [camera_tensor(img, enc, self.device) for img, enc in zip(images, encodings)]
+            self.buffers["actor.images"].copy_(p.model.prepare_images([c[None] for c in cams]))
+        self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
+        torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
+        self.buffers.write("actor.noise", self._noise_host, stream=stream)
+        self.actor_graph.replay()
+        with _on(stream):
+            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
+            self._host_out[0].copy_(out.positions, non_blocking=True)
+            self._host_out[1].copy_(out.velocities, non_blocking=True)
+            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
+            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
+        if stream is not None:
+            stream.synchronize()
+        if self.prompt_in_channel:
+            version = int(self._host_version[0])
+            text = self.channel.state.text if version == self.channel.state.version else ""
+        else:
+            version, text = subtask.version, subtask.text
+        return ChunkResult(
+            chunk_seq=int(chunk_seq), positions=self._host_out[0].numpy().copy(),
+            velocities=self._host_out[1].numpy().copy(), dt=self.config.chunk_dt, subtask_version=version,
+            subtask_text=text, nonfinite=bool(self._host_nonfinite[0] != 0), latency_s=time.perf_counter() - t0)
+
+
+def camera_tensor(image, encoding: str, device: torch.device) -> torch.Tensor:
+    """A camera image (H, W, C) uint8 in any supported encoding -> float32 RGB [3, H, W] in [0, 1]
+    (LeRobot's convention: divide first, then resize)."""
+    height, width, channels, _ = image_layout(image, encoding)
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).reshape(height, width, channels)
+    rgb = pixels[..., list(ENCODINGS[encoding].rgb)].permute(2, 0, 1)
+    return rgb.to(device, non_blocking=True).to(torch.float32) / 255.0
