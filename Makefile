@@ -1,5 +1,6 @@
 # flashrt_ros. Two commands for people: `make demo` and `make test` (README.md).
-# Internal targets: venv (scripts/bootstrap.sh), build (colcon, scripts/build.sh), env, clean.
+# Internal targets: venv (scripts/bootstrap.sh), build (colcon, scripts/build.sh), env, clean,
+# parity (flashrt_ros.models.lerobot against LeRobot 0.6.1 itself, in its own Python 3.12 venv).
 # Every target skips work already done: the venv is re-made only when requirements.txt,
 # constraints.txt or the bootstrap script change; colcon runs only when the sources changed.
 
@@ -13,6 +14,10 @@ export PYTHON ?= python3
 TEST_ARGS ?=
 # Extra demo arguments, e.g. make demo DEMO_ARGS='--help'
 DEMO_ARGS ?=
+# LeRobot's venv for `make parity` (scripts/lerobot_venv.sh); extra pytest arguments for it.
+LEROBOT_VENV ?= .venv-lerobot
+export LEROBOT_VENV := $(abspath $(LEROBOT_VENV))
+PARITY_ARGS ?=
 
 VENV_STAMP := $(FLASHRT_VENV)/.flashrt-bootstrap
 BUILD_STAMP := install/.flashrt-build
@@ -21,13 +26,20 @@ BUILD_INPUTS := package.xml CMakeLists.txt resource/flashrt_ros \
 	$(shell find flashrt_ros msg launch config kernels scripts \
 	        -name __pycache__ -prune -o ! -name '*.pyc' -print 2>/dev/null)
 
-.PHONY: demo test venv build env clean clean-venv
+.PHONY: demo test parity venv build env clean clean-venv
 
 demo: build
 	FLASHRT_SKIP_BUILD=1 scripts/run_in_env.sh flashrt-ros demo $(DEMO_ARGS)
 
 test: build
 	FLASHRT_SKIP_BUILD=1 scripts/run_in_env.sh pytest -v --durations=15 $(TEST_ARGS)
+
+# Parity tests (parity/): LeRobot's own policies are the reference; needs no colcon build. The
+# venv script is a no-op once LeRobot is installed. PYTHONPATH is replaced, not extended: the ROS
+# environment's entries are for .venv's Python 3.11. flashrt_ros imports from the source tree.
+parity:
+	scripts/lerobot_venv.sh
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR) $(LEROBOT_VENV)/bin/python -m pytest parity/ -q $(PARITY_ARGS)
 
 venv: $(VENV_STAMP)
 

@@ -124,7 +124,7 @@ class LerobotEngine:
         """The task is the first subtask (a LeRobot policy has no planner)."""
         self._check_text(text, "task")
         self._task_text = text
-        self._publish(text, "task")
+        self._publish(text, "operator")   # the operator's task is the subtask
 
     @property
     def task(self) -> str:

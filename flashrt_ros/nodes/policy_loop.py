@@ -147,7 +147,7 @@ class PolicyLoop:
         task = self.task_text or cfg.task
         if task:
             try:
-                engine.set_task(task)
+                self._set_engine_task(engine, task)
             except ValueError as err:
                 raise ConfigError(f"parameter 'task' = {task!r}: {err}") from None
         self.task_text = task
@@ -277,7 +277,7 @@ class PolicyLoop:
             self._acted_stamp = -1
             self.task_text = ""
             if self.config.task:
-                self.engine.set_task(self.config.task)
+                self._set_engine_task(self.engine, self.config.task)
                 self.task_text = self.config.task
             self.holding, self.holding_stale, self.waiting = None, False, ""
             if self.running:
@@ -309,7 +309,7 @@ class PolicyLoop:
             return True, "task stored; applied when configured"
         try:
             with self._engine_lock:
-                self.engine.set_task(text)
+                self._set_engine_task(self.engine, text)
         except ValueError as err:
             return self.reject_text(f"task refused: {err}")
         self.task_text = text
@@ -318,6 +318,13 @@ class PolicyLoop:
         self.log.info(f"task: {text!r}")
         self._release_planner()
         return True, "task set"
+
+    def _set_engine_task(self, engine, text: str) -> None:
+        """Engines without a planner (LeRobot policies) make the task the subtask: publish it."""
+        before = engine.subtask.version
+        engine.set_task(text)
+        if engine.subtask.version != before:
+            self._publish_subtask(engine.subtask)
 
     def coach(self, text: str, source: str = "coach") -> tuple[bool, str]:
         """The text becomes the subtask at once (the shared buffer, no recapture)."""

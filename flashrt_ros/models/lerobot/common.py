@@ -54,9 +54,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: 
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """bool [B, Tq, Tk] (True = may attend) -> additive [B, 1, Tq, Tk]."""
-    zero = torch.zeros((), dtype=dtype, device=allowed.device)
-    return torch.where(allowed[:, None], zero, torch.tensor(MASK_VALUE, dtype=dtype, device=allowed.device))
+    """bool [B, Tq, Tk] (True = may attend) -> additive [B, 1, Tq, Tk]. Python scalars only: no host
+    tensor is copied to the device, so this can be captured in a CUDA graph."""
+    return torch.where(allowed[:, None], 0.0, MASK_VALUE).to(dtype)
 
 
 def block_mask(pad: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
@@ -85,3 +85,25 @@ def euler_times(num_steps: int) -> list[float]:
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
+
+
+def fit_state_dict(model: torch.nn.Module, converted: dict[str, torch.Tensor], label: str) -> dict[str, torch.Tensor]:
+    """`converted` must fill every tensor of `model` with the right shape and nothing else; else a
+    KeyError naming the misfit (the loader turns it into PolicyDirError)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(converted)), sorted(set(converted) - set(own))
+    misshapen = sorted(n for n in set(own) & set(converted) if tuple(converted[n].shape) != tuple(own[n].shape))
+    if missing or unexpected:
+        raise KeyError(f"checkpoint does not fit this {label} network: missing {missing[:6]}"
+                       f"{'...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}"
+                       f"{'...' if len(unexpected) > 6 else ''}")
+    if misshapen:
+        name = misshapen[0]
+        raise KeyError(f"tensor {name}: checkpoint shape {tuple(converted[name].shape)}, network expects "
+                       f"{tuple(own[name].shape)} (wrong variant or dims?)")
+    return converted
+
+
+def parameter_bytes(*modules: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
+    return sum(p.numel() * p.element_size() for m in modules for n, p in m.named_parameters()
+               if not any(s in n for s in skip))

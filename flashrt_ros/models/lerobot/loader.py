@@ -93,10 +93,16 @@ def read_config(path: Path) -> dict:
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise PolicyDirError(f"{path}: no config.json (expected a LeRobot policy directory)")
-    cfg = json.loads(cfg_path.read_text())
-    kind = cfg.get("type")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as err:
+        raise PolicyDirError(f"{cfg_path}: not readable JSON ({err})") from None
+    kind = cfg.get("type") if isinstance(cfg, dict) else None
     if kind not in KINDS:
         raise PolicyDirError(f"{path}: policy type {kind!r} is not supported (supported: {', '.join(KINDS)})")
+    missing = [k for k in ("chunk_size", "max_state_dim", "max_action_dim") if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise PolicyDirError(f"{cfg_path}: missing or non-integer {missing}")
     return cfg
 
 
@@ -151,9 +157,14 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str
         raise PolicyDirError(f"{path}: no model.safetensors")
     net = build_network(path, cfg)
     try:
-        net.load_state_dict(net.convert_state_dict(load_file(str(weights))), strict=True)
+        tensors = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error type for a truncated/corrupt file
+        raise PolicyDirError(f"{weights}: not a readable safetensors file ({type(err).__name__}: {err})") from None
+    try:
+        net.load_state_dict(net.convert_state_dict(tensors), strict=True)
     except KeyError as e:
         raise PolicyDirError(f"{path}: {e.args[0]}") from None
+    del tensors
     net.finalize(device, dtype)
     feats = cfg.get("input_features", {})
     cameras = [k for k, f in feats.items() if f.get("type") == "VISUAL"]
@@ -161,7 +172,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", dtype: str
         raise PolicyDirError(f"{path}: config.json lists no camera (VISUAL) input features")
     state_dim = int(feats.get(STATE_KEY, {}).get("shape", [cfg["max_state_dim"]])[0])
     action_dim = int(cfg.get("output_features", {}).get(ACTION_KEY, {}).get("shape", [cfg["max_action_dim"]])[0])
-    pre, post = read_normalizers(path)
+    try:
+        pre, post = read_normalizers(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise PolicyDirError(f"{path}: processor files: {type(err).__name__}: {err}") from None
     tok_path = Path(tokenizer) if tokenizer is not None else path / "tokenizer.json"
     tok = PromptTokenizer(tok_path, int(cfg.get("tokenizer_max_length", 48))) if tok_path.is_file() else None
     if tokenizer is not None and tok is None:

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .processing import resize_with_pad_centered
-from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, gelu_tanh, rope_cos_sin,
+from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict, gelu_tanh,
+                     parameter_bytes, rope_cos_sin,
                      sinusoidal_time_embedding)
 from .siglip import VisionTransformer
 
@@ -214,18 +215,7 @@ class Pi0(nn.Module):
             out[name] = value
         if "embed.weight" not in out and lm_head is not None:
             out["embed.weight"] = lm_head
-        own = self.state_dict()
-        missing = sorted(set(own) - set(out))
-        unexpected = sorted(set(out) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"checkpoint does not fit this {'π0.5' if self.pi05 else 'π0'} network: "
-                           f"missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-                           f"unexpected {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
-        for name, value in out.items():
-            if tuple(value.shape) != tuple(own[name].shape):
-                raise KeyError(f"tensor {name}: checkpoint shape {tuple(value.shape)}, network expects "
-                               f"{tuple(own[name].shape)} (wrong variant or dims?)")
-        return out
+        return fit_state_dict(self, out, "π0.5" if self.pi05 else "π0")
 
     # --- load-time precomputation ------------------------------------------------------------------
     @torch.no_grad()
@@ -247,6 +237,9 @@ class Pi0(nn.Module):
             self.register_buffer("time_bias", temb @ w_time.T + self.action_time_mlp_in.bias, persistent=False)
             self.register_buffer("w_action", self.action_time_mlp_in.weight[:, :W].clone(), persistent=False)
         self.to(dtype=dtype)
+        # sqrt(width) as HF rounds it (float32 -> weight dtype), kept as a Python float: no host tensor
+        # reaches the device inside the captured graph
+        self._embed_scale = float(torch.tensor(self.vlm_dims.width ** 0.5).to(dtype))
         for name in ("ada_layers", "ada_final", "time_bias"):  # tables stay float32
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).float())
@@ -256,13 +249,11 @@ class Pi0(nn.Module):
     def weight_bytes(self) -> tuple[int, int]:
         """(bytes read once per chunk: vision, projector, VLM; bytes read per denoise step: the expert and
         the action projections) for the memory-bandwidth floor. The embedding table is gathered, not read."""
-        def size(*modules):  # adaRMS projections are folded into the per-step tables at load: not read
-            return sum(p.numel() * p.element_size() for m in modules for n, p in m.named_parameters()
-                       if "dense" not in n)
-        once = size(self.vision, self.projector, self.vlm)
-        per_step = size(self.expert, self.expert_norm, self.action_in_proj, self.action_out_proj)
+        skip = ("dense",)  # adaRMS projections are folded into the per-step tables at load: not read
+        once = parameter_bytes(self.vision, self.projector, self.vlm)
+        per_step = parameter_bytes(self.expert, self.expert_norm, self.action_in_proj, self.action_out_proj, skip=skip)
         if not self.pi05:
-            per_step += size(self.action_time_mlp_out) + self.w_action.numel() * self.w_action.element_size()
+            per_step += parameter_bytes(self.action_time_mlp_out) + self.w_action.numel() * self.w_action.element_size()
         return once, per_step
 
     # --- the chunk ---------------------------------------------------------------------------------
@@ -290,7 +281,7 @@ class Pi0(nn.Module):
         img = self.embed_images(images)
         P_img = img.shape[1] // n
         # Gemma scales embeddings by sqrt(width), the constant rounded through float32 as HF does
-        lang = self.embed(tokens) * torch.tensor(self.vlm_dims.width ** 0.5).to(self.embed.weight.dtype)
+        lang = self.embed(tokens) * self._embed_scale
         prefix = torch.cat([img.to(dtype), lang.to(dtype)], dim=1)
         prefix_pad = torch.cat([img_masks[:, :, None].expand(B, n, P_img).reshape(B, -1), token_mask], dim=1)
         prefix_k, prefix_v = self._encode_prefix(prefix, prefix_pad)

@@ -1,0 +1,453 @@
+"""SmolVLA (LeRobot 0.6.1) as one static-shape inference network.
+
+    images -> SmolVLM vision (SigLIP) -> pixel shuffle -> connector, scaled by sqrt(width)
+    + language tokens (embedding * sqrt(width)) + one state token (state_proj)   = the prefix,
+    encoded ONCE per chunk by the first `num_vlm_layers` SmolVLM (Llama) layers; their per-layer
+    post-RoPE K/V are kept as plain tensors.
+    noise -> num_steps forward-Euler steps of the action expert (a narrower Llama) -> actions.
+
+Prefix layout and attention (LeRobot's embed_prefix / make_att_2d_masks):
+    [cam0 patches | cam1 patches | ... | language (L) | state (1) | zeros up to prefix_length]
+    Images and language attend to each other bidirectionally (padding excluded: token_mask, and
+    img_masks for absent cameras); the state token opens a new block, so it sees everything before
+    it and nothing before it sees the state. Positions are cumsum(valid) - 1.
+Expert layer i pairs with VLM layer i (or every k-th VLM layer when num_expert_layers < num_vlm_layers;
+VLM layers without an expert layer pass the action tokens through unchanged):
+    self-attention layers (i % self_attn_every_n_layers == 0, or every layer for attention_mode
+    "self_attn"): the expert's own q/k/v, RoPE at positions n_valid_prefix + 0..chunk-1, keys
+    [prefix K/V of VLM layer i ; own K/V], mask = valid prefix + causal among the action tokens.
+    cross-attention layers (the others): the expert's q (RoPE at positions 0..chunk-1) attends to
+    its own k_proj/v_proj applied to VLM layer i's cached post-RoPE K/V ([B, Lp, kv_heads * head_dim]
+    in, no RoPE on top), mask = valid prefix. Those projected K/V do not depend on the step, so they
+    are computed once per chunk, not once per step.
+The velocity is action_out_proj(expert_norm(x)); x_t <- x_t + dt * v_t with dt = -1/num_steps from
+t = 1 (noise). The flow time enters as a sine-cosine embedding concatenated to action_in_proj(x_t)
+and mixed by action_time_mlp_in -> silu -> action_time_mlp_out; the times are static, so their
+embeddings are a float32 table (`time_emb`, [num_steps, expert width]) built at construction.
+
+LeRobot details kept on purpose: RoPE uses wavelength 10000 whatever the VLM config's rope_theta says
+(LeRobot's own apply_rope ignores it; SmolVLM2's is 100000); the expert's cross-attention queries
+restart at position 0 while its self-attention ones continue after the prefix; the suffix is causal.
+Left out because nothing reads them: the last VLM layer's queries, attention output and MLP (only its
+K/V are used; its weights are still loaded), the VLM final norm and lm_head. Softmax and RMSNorm statistics are float32; in bfloat16 the attention runs through
+common.attention (SDPA) rather than LeRobot's fp32-upcast eager matmuls.
+
+Key map (LeRobot state dict -> ours; a leading "model." is optional):
+    vlm_with_expert.vlm.model.vision_model.*                       -> vision.*
+    vlm_with_expert.vlm.model.connector.modality_projection.proj.* -> connector.*
+    vlm_with_expert.vlm.model.text_model.embed_tokens.*            -> embed.*
+    vlm_with_expert.vlm.model.text_model.layers.N.*                -> vlm.N.*
+    vlm_with_expert.lm_expert.layers.N.*                           -> expert.N.*
+    vlm_with_expert.lm_expert.norm.*                               -> expert_norm.*
+    state_proj, action_in_proj, action_out_proj, action_time_mlp_in, action_time_mlp_out -> same
+    unused at inference (None): vlm_with_expert.vlm.lm_head.*, vlm_with_expert.vlm.model.text_model.norm.*
+Layer sub-names are HF Llama's: input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
+mlp.{gate,up,down}_proj. LeRobot saves only the first num_vlm_layers VLM layers.
+
+Not supported (explicit errors): add_image_special_tokens=True, non-square resize_imgs_with_padding,
+a resize size other than the vision config's image_size (or a patch grid where SmolVLM's bucketized
+vision positions are not the identity), and expert/attention layouts on which LeRobot's own module
+fails. `empty_cameras` is the caller's: an absent camera is an all-(-1) image
+(prepare_images of a zero image) with img_masks False.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict,
+                     parameter_bytes, rope_cos_sin,
+                     sinusoidal_time_embedding)
+from .siglip import VisionTransformer
+
+ROPE_WAVELENGTH = 10_000.0  # LeRobot's apply_rope default, used regardless of the VLM's rope_theta
+
+# HuggingFaceTB/SmolVLM2-500M-Video-Instruct, the config.json fields this module reads (SmolLM2-360M
+# text model, SigLIP base/16 at 512 px, 4x4 pixel shuffle -> 64 tokens per image).
+SMOLVLM2_500M: dict = {
+    "model_type": "smolvlm",
+    "scale_factor": 4,
+    "image_token_id": 49190,
+    "text_config": {
+        "model_type": "llama",
+        "hidden_size": 960,
+        "intermediate_size": 2560,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 15,
+        "num_key_value_heads": 5,
+        "head_dim": 64,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 100000.0,
+        "max_position_embeddings": 8192,
+        "vocab_size": 49280,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "pad_token_id": 2,
+    },
+    "vision_config": {
+        "model_type": "smolvlm_vision",
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 512,
+        "patch_size": 16,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+}
+
+
+@dataclass(frozen=True)
+class LlamaDims:
+    width: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    eps: float
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+
+def expert_mlp_dim(width: int, multiplier: int = 4, multiple_of: int = 256) -> int:
+    """LeRobot's get_intermediate_size for the action expert (480 -> 1280, 720 -> 2048)."""
+    hidden = int(multiplier * int(2 * width / 3))
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm: w * (x / rms(x)), statistics in float32, normalised x cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """q/k/v/o projections. `kv_in` is the width k_proj/v_proj read: the layer's own width, or for an
+    expert cross-attention layer the VLM's kv_heads * head_dim (they read the VLM's cached K/V)."""
+
+    def __init__(self, d: LlamaDims, kv_in: int):
+        super().__init__()
+        self.d = d
+        self.q_proj = nn.Linear(d.width, d.num_heads * d.head_dim, bias=d.attention_bias)
+        self.k_proj = nn.Linear(kv_in, d.num_kv_heads * d.head_dim, bias=d.attention_bias)
+        self.v_proj = nn.Linear(kv_in, d.num_kv_heads * d.head_dim, bias=d.attention_bias)
+        self.o_proj = nn.Linear(d.num_heads * d.head_dim, d.width, bias=d.attention_bias)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, H * hd] -> [B, H, T, hd]"""
+        return x.view(x.shape[0], x.shape[1], -1, self.d.head_dim).transpose(1, 2)
+
+
+class MLP(nn.Module):
+    def __init__(self, d: LlamaDims):
+        super().__init__()
+        self.gate_proj = nn.Linear(d.width, d.mlp_dim, bias=d.mlp_bias)
+        self.up_proj = nn.Linear(d.width, d.mlp_dim, bias=d.mlp_bias)
+        self.down_proj = nn.Linear(d.mlp_dim, d.width, bias=d.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, d: LlamaDims, kv_in: int | None = None):
+        super().__init__()
+        self.input_layernorm = RMSNorm(d.width, d.eps)
+        self.self_attn = Attention(d, d.width if kv_in is None else kv_in)
+        self.post_attention_layernorm = RMSNorm(d.width, d.eps)
+        self.mlp = MLP(d)
+
+    def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Residual attention output, then the residual MLP."""
+        x = x + self.self_attn.o_proj(att.to(self.self_attn.o_proj.weight.dtype))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def _smolvlm_position_ids(patches_per_side: int) -> torch.Tensor:
+    """The position ids HF's SmolVLMVisionEmbeddings gives a full-size image with a full patch mask
+    (a bucketize of fractional coordinates; float rounding makes it differ from arange for some sizes)."""
+    p, cpu = patches_per_side, torch.device("cpu")
+    boundaries = torch.arange(1 / p, 1.0, 1 / p, device=cpu)
+    coords = torch.arange(p, dtype=torch.float32, device=cpu) * (1.0 / torch.tensor([p], device=cpu))
+    coords = torch.clamp(coords, max=1.0 - 1e-6)
+    buckets = torch.bucketize(coords, boundaries, right=True)
+    return (buckets[:, None] * p + buckets[None, :]).reshape(-1)
+
+
+def _resize_with_pad_top_left(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """LeRobot's resize_with_pad (the SmolVLA/xVLA convention): keep the aspect ratio, bilinear without
+    antialias, then pad with 0 on the LEFT and TOP. An image already at the target size is untouched."""
+    h, w = img.shape[-2:]
+    if (h, w) == (height, width):
+        return img
+    ratio = max(w / width, h / height)
+    rh, rw = int(h / ratio), int(w / ratio)
+    img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False)
+    return F.pad(img, (max(0, width - rw), 0, max(0, height - rh), 0), value=0.0)
+
+
+def pixel_shuffle(x: torch.Tensor, s: int) -> torch.Tensor:
+    """SmolVLMConnector.pixel_shuffle: [N, P, D] -> [N, P / s^2, D * s^2] (s x s patch blocks merged)."""
+    n, seq, d = x.shape
+    side = math.isqrt(seq)
+    x = x.reshape(n, side, side // s, d * s).permute(0, 2, 1, 3)
+    x = x.reshape(n, side // s, side // s, d * s * s).permute(0, 2, 1, 3)
+    return x.reshape(n, seq // (s * s), d * s * s)
+
+
+class SmolVLA(nn.Module):
+    """LeRobot's SmolVLA VLAFlowMatching for inference; forward() is the whole chunk (module docstring)."""
+
+    def __init__(self, cfg: dict, vlm: dict):
+        super().__init__()
+        if cfg.get("add_image_special_tokens", False):
+            raise NotImplementedError("add_image_special_tokens=True is not supported")
+        tc, vc = vlm["text_config"], vlm["vision_config"]
+        if tc.get("model_type", "llama") != "llama" or tc.get("hidden_act", "silu") != "silu":
+            raise NotImplementedError("SmolVLA's text model must be a silu Llama")
+        # Missing keys take transformers' LlamaConfig / SmolVLMVisionConfig / SmolVLMConfig defaults.
+        heads = tc.get("num_attention_heads", 32)
+        text = LlamaDims(width=tc["hidden_size"], mlp_dim=tc["intermediate_size"], num_heads=heads,
+                         num_kv_heads=tc.get("num_key_value_heads") or heads,
+                         head_dim=tc.get("head_dim") or tc["hidden_size"] // heads,
+                         eps=tc.get("rms_norm_eps", 1e-6), attention_bias=tc.get("attention_bias", False),
+                         mlp_bias=tc.get("mlp_bias", False))
+        exp_width = int(text.width * cfg.get("expert_width_multiplier", 0.75))
+        expert = LlamaDims(width=exp_width, mlp_dim=expert_mlp_dim(exp_width), num_heads=text.num_heads,
+                           num_kv_heads=text.num_kv_heads, head_dim=text.head_dim, eps=text.eps,
+                           attention_bias=text.attention_bias, mlp_bias=text.mlp_bias)
+        self.text_dims, self.expert_dims = text, expert
+
+        size = cfg.get("resize_imgs_with_padding", (512, 512))
+        if size is None or size[0] != size[1]:
+            raise NotImplementedError(f"resize_imgs_with_padding must be square, got {size}")
+        self.image_size = int(size[0])
+        v_size, patch = vc.get("image_size", 224), vc.get("patch_size", 32)
+        if v_size != self.image_size:
+            raise NotImplementedError(f"images resized to {self.image_size} but the vision model is {v_size}: "
+                                      "SmolVLM would interpolate its position grid, which we do not")
+        side = v_size // patch
+        if not torch.equal(_smolvlm_position_ids(side), torch.arange(side * side, device=torch.device("cpu"))):
+            raise NotImplementedError(f"{side} patches per side: SmolVLM's bucketized vision positions "
+                                      "are not the identity there")
+        self.scale_factor = vlm.get("scale_factor", 2)
+        v_hidden = vc.get("hidden_size", 1152)
+        self.vision = VisionTransformer(v_hidden, vc.get("num_hidden_layers", 12),
+                                        vc.get("num_attention_heads", 16), vc.get("intermediate_size", 3072),
+                                        patch, v_size, vc.get("layer_norm_eps", 1e-6))
+        self.connector = nn.Linear(v_hidden * self.scale_factor ** 2, text.width, bias=False)
+        self.embed = nn.Embedding(tc.get("vocab_size", 32000), text.width)
+
+        # Layer plan: which VLM layers cross-attend and which expert layer (if any) pairs with each.
+        n_vlm = cfg.get("num_vlm_layers", -1)
+        n_vlm = n_vlm if n_vlm > 0 else tc.get("num_hidden_layers", 32)
+        n_exp = cfg.get("num_expert_layers", -1)
+        n_exp = n_exp if n_exp > 0 else n_vlm
+        if n_vlm % n_exp:
+            raise ValueError(f"num_vlm_layers {n_vlm} is not a multiple of num_expert_layers {n_exp}")
+        every = cfg.get("self_attn_every_n_layers", 2)
+        use_cross = "cross" in cfg.get("attention_mode", "cross_attn")
+
+        def is_cross(i: int) -> bool:  # LeRobot applies the same rule to VLM and to expert layer indices
+            return use_cross and not (every > 0 and i % every == 0)
+
+        stride = n_vlm // n_exp
+        self.expert_of = [i // stride if i % stride == 0 else None for i in range(n_vlm)]
+        self.cross = [is_cross(i) for i in range(n_vlm)]
+        for i, j in enumerate(self.expert_of):
+            if j is None and not self.cross[i]:
+                raise NotImplementedError(f"VLM self-attention layer {i} has no expert layer (LeRobot fails here)")
+            if j is not None and is_cross(j) != self.cross[i]:
+                raise NotImplementedError(f"expert layer {j} is shaped for {'cross' if is_cross(j) else 'self'}-"
+                                          f"attention but runs at VLM layer {i} (LeRobot fails here)")
+        vlm_kv = text.num_kv_heads * text.head_dim
+        self.vlm = nn.ModuleList(LlamaLayer(text) for _ in range(n_vlm))
+        self.expert_cross = [is_cross(j) for j in range(n_exp)]
+        self.expert = nn.ModuleList(LlamaLayer(expert, vlm_kv if is_cross(j) else None) for j in range(n_exp))
+        self.expert_norm = RMSNorm(expert.width, expert.eps)
+
+        self.chunk_size, self.num_steps = cfg.get("chunk_size", 50), cfg.get("num_steps", 10)
+        self.max_state_dim, self.max_action_dim = cfg.get("max_state_dim", 32), cfg.get("max_action_dim", 32)
+        self.prefix_length = cfg.get("prefix_length", -1)
+        self.state_proj = nn.Linear(self.max_state_dim, text.width)
+        self.action_in_proj = nn.Linear(self.max_action_dim, expert.width)
+        self.action_out_proj = nn.Linear(expert.width, self.max_action_dim)
+        self.action_time_mlp_in = nn.Linear(2 * expert.width, expert.width)
+        self.action_time_mlp_out = nn.Linear(expert.width, expert.width)
+        # The flow times are static (1, 1 - 1/K, ...): their embeddings are a float32 table [K, width].
+        self.min_period, self.max_period = cfg.get("min_period", 4e-3), cfg.get("max_period", 4.0)
+        self.register_buffer("time_emb", self._time_table(torch.device("cpu")), persistent=False)
+
+    def _time_table(self, device: torch.device) -> torch.Tensor:
+        t = torch.tensor(euler_times(self.num_steps), dtype=torch.float32, device=device)
+        return sinusoidal_time_embedding(t, self.expert_dims.width, self.min_period, self.max_period)
+
+    # --- checkpoint edge ---------------------------------------------------------------------------
+    @staticmethod
+    def map_key(key: str) -> str | None:
+        """LeRobot key -> ours, or None when the tensor is not used at inference."""
+        k = key[len("model."):] if key.startswith("model.") else key
+        table = (
+            ("vlm_with_expert.vlm.model.vision_model.", "vision."),
+            ("vlm_with_expert.vlm.model.connector.modality_projection.proj.", "connector."),
+            ("vlm_with_expert.vlm.model.text_model.embed_tokens.", "embed."),
+            ("vlm_with_expert.vlm.model.text_model.layers.", "vlm."),
+            ("vlm_with_expert.lm_expert.layers.", "expert."),
+            ("vlm_with_expert.lm_expert.norm.", "expert_norm."),
+        )
+        for old, new in table:
+            if k.startswith(old):
+                return new + k[len(old):]
+        if k.startswith(("vlm_with_expert.vlm.lm_head.", "vlm_with_expert.vlm.model.text_model.norm.")):
+            return None
+        if k.startswith(("state_proj.", "action_in_proj.", "action_out_proj.", "action_time_mlp_in.",
+                         "action_time_mlp_out.")):
+            return k
+        raise KeyError(f"unknown SmolVLA checkpoint tensor {key!r}")
+
+    def convert_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A LeRobot SmolVLA state dict -> ours (every tensor of ours filled, or a KeyError naming the misfit)."""
+        out = {name: value for key, value in sd.items() if (name := self.map_key(key)) is not None}
+        return fit_state_dict(self, out, "SmolVLA")
+
+    def weight_bytes(self) -> tuple[int, int]:
+        """(bytes read once per chunk: vision, connector, VLM, and the cross-attention layers' K/V
+        projections of the prefix; bytes read per denoise step: the rest of the expert and the action
+        projections) for the memory-bandwidth floor."""
+        cross_kv = sum(parameter_bytes(layer.self_attn.k_proj, layer.self_attn.v_proj)
+                       for layer, cross in zip(self.expert, self.expert_cross) if cross)
+        once = parameter_bytes(self.vision, self.connector, self.vlm) + cross_kv
+        per_step = parameter_bytes(self.expert, self.expert_norm, self.action_in_proj, self.action_out_proj,
+                                   self.action_time_mlp_in, self.action_time_mlp_out) - cross_kv
+        return once, per_step
+
+    @torch.no_grad()
+    def finalize(self, device: torch.device | str, dtype: torch.dtype) -> "SmolVLA":
+        """Move to `device`, cast to `dtype` (the time table is recomputed and kept float32); call once
+        after loading the weights."""
+        self.to(device=device, dtype=dtype)
+        self.time_emb = self._time_table(torch.device(device))
+        return self.eval().requires_grad_(False)
+
+    # --- input edge --------------------------------------------------------------------------------
+    def prepare_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Cameras [B, 3, H, W] in [0, 1] -> [B, n, 3, R, R] in [-1, 1] as LeRobot's SmolVLAPolicy feeds its
+        model: resize keeping the aspect ratio, pad left/top with 0 (black, -1 after scaling), x * 2 - 1."""
+        R = self.image_size
+        return torch.stack([_resize_with_pad_top_left(img, R, R) * 2.0 - 1.0 for img in images], dim=1)
+
+    # --- the chunk ---------------------------------------------------------------------------------
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, n, 3, R, R] -> [B, n * tokens, width], scaled by sqrt(width) as LeRobot does (the constant
+        rounded to the feature dtype)."""
+        B, n = images.shape[:2]
+        feats = self.connector(pixel_shuffle(self.vision(images.flatten(0, 1)), self.scale_factor))
+        feats = feats * float(torch.tensor(self.text_dims.width ** 0.5, dtype=feats.dtype))  # host scalar: graph-safe
+        return feats.reshape(B, n * feats.shape[1], -1)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, img_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """images [B, n, 3, R, R] in [-1, 1], img_masks [B, n] bool, tokens [B, L] int64, token_mask [B, L] bool,
+        state [B, max_state_dim] (normalised, padded), noise [B, chunk, max_action_dim]
+        -> actions [B, chunk, max_action_dim] float32 (normalised)."""
+        dtype = self.action_in_proj.weight.dtype
+        B, n = images.shape[:2]
+        dev = images.device
+        img = self.embed_images(images).to(dtype)
+        lang = (self.embed(tokens) * math.sqrt(self.text_dims.width)).to(dtype)
+        state_tok = self.state_proj(state.to(dtype))[:, None]
+        prefix = torch.cat([img, lang, state_tok], dim=1)
+        n_img = img.shape[1]
+        pad = torch.cat([img_masks[:, :, None].expand(B, n, n_img // n).reshape(B, n_img), token_mask,
+                         torch.ones(B, 1, dtype=torch.bool, device=dev)], dim=1)
+        ar = torch.zeros_like(pad, dtype=torch.int64)
+        ar[:, -1] = 1  # the state token opens its own block
+        extra = self.prefix_length - prefix.shape[1]
+        if extra > 0:  # static: LeRobot pads the prefix with invalid zero tokens up to prefix_length
+            prefix = F.pad(prefix, (0, 0, 0, extra))
+            pad, ar = F.pad(pad, (0, extra), value=False), F.pad(ar, (0, extra))
+        prefix_k, prefix_v = self._encode_prefix(prefix, pad, ar)
+
+        # Everything the steps share: masks, RoPE tables, the cross-attention layers' K/V.
+        H = self.chunk_size
+        hd = self.expert_dims.head_dim
+        suffix_pad = torch.ones(B, H, dtype=torch.bool, device=dev)
+        causal = block_mask(suffix_pad, torch.ones(B, H, dtype=torch.int64, device=dev))
+        prefix_allowed = pad[:, None, :].expand(B, H, pad.shape[1])
+        self_mask = additive_mask(torch.cat([prefix_allowed, causal], dim=2), dtype)
+        cross_mask = additive_mask(prefix_allowed, dtype)
+        steps = torch.arange(H, device=dev)[None].expand(B, H)
+        self_rope = rope_cos_sin(pad.sum(dim=1, keepdim=True) + steps, hd, ROPE_WAVELENGTH)
+        cross_rope = rope_cos_sin(steps, hd, ROPE_WAVELENGTH)  # LeRobot restarts positions at 0 here
+        cross_kv = {}
+        for i, j in enumerate(self.expert_of):
+            if j is not None and self.cross[i]:
+                attn = self.expert[j].self_attn
+                k_in = prefix_k[i].transpose(1, 2).reshape(B, prefix.shape[1], -1)
+                v_in = prefix_v[i].transpose(1, 2).reshape(B, prefix.shape[1], -1)
+                cross_kv[i] = attn.heads(attn.k_proj(k_in)), attn.heads(attn.v_proj(v_in))
+
+        x_t = noise.to(torch.float32)
+        dt = -1.0 / self.num_steps
+        for step in range(self.num_steps):
+            v_t = self._velocity(step, x_t, prefix_k, prefix_v, cross_kv, self_mask, cross_mask, self_rope, cross_rope)
+            x_t = x_t + dt * v_t
+        return x_t
+
+    def _encode_prefix(self, x: torch.Tensor, pad: torch.Tensor, ar: torch.Tensor):
+        """Run the VLM layers over the prefix; return each layer's post-RoPE K and V [B, kv_heads, Lp, hd]."""
+        mask = additive_mask(block_mask(pad, ar), x.dtype)
+        cos, sin = rope_cos_sin(torch.cumsum(pad, dim=1) - 1, self.text_dims.head_dim, ROPE_WAVELENGTH)
+        scale = self.text_dims.head_dim ** -0.5
+        ks, vs = [], []
+        for i, layer in enumerate(self.vlm):
+            h = layer.input_layernorm(x)
+            a = layer.self_attn
+            ks.append(apply_rope(a.heads(a.k_proj(h)), cos, sin))
+            vs.append(a.heads(a.v_proj(h)))
+            if i == len(self.vlm) - 1:
+                break  # the last layer's output is never read: only its K/V are
+            q = apply_rope(a.heads(a.q_proj(h)), cos, sin)
+            x = layer.finish(x, attention(q, ks[-1], vs[-1], mask, scale))
+        return ks, vs
+
+    def _velocity(self, step, x_t, prefix_k, prefix_v, cross_kv, self_mask, cross_mask, self_rope, cross_rope):
+        dtype = self.action_in_proj.weight.dtype
+        act = self.action_in_proj(x_t.to(dtype))
+        t = self.time_emb[step].to(dtype)[None, None].expand_as(act)
+        x = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([act, t], dim=2))))
+        scale = self.expert_dims.head_dim ** -0.5
+        for i, j in enumerate(self.expert_of):
+            if j is None:
+                continue  # a cross-attention VLM layer without an expert layer: identity for the actions
+            layer = self.expert[j]
+            a = layer.self_attn
+            h = layer.input_layernorm(x)
+            if self.cross[i]:
+                q = apply_rope(a.heads(a.q_proj(h)), *cross_rope)
+                k, v = cross_kv[i]
+                att = attention(q, k, v, cross_mask, scale)
+            else:
+                q = apply_rope(a.heads(a.q_proj(h)), *self_rope)
+                k = apply_rope(a.heads(a.k_proj(h)), *self_rope)
+                k = torch.cat([prefix_k[i], k], dim=2)
+                v = torch.cat([prefix_v[i], a.heads(a.v_proj(h))], dim=2)
+                att = attention(q, k, v, self_mask, scale)
+            x = layer.finish(x, att)
+        x = self.expert_norm(x)
+        return self.action_out_proj(x.to(self.action_out_proj.weight.dtype)).float()
