@@ -399,6 +399,7 @@ def build(kind: str, size: str, seed: int, device: str = "cpu", dtype: str = "fl
     if vlm_dir is not None:
         weakref.finalize(policy, shutil.rmtree, vlm_dir, True)
     rerandomise(policy, seed)
+    policy.to(device)  # PI0Policy moves itself; SmolVLAPolicy leaves that to LeRobot's make_policy
     policy.eval()
     with _tokenizer_never_loaded():
         preprocessor, postprocessor = make_pre_post_processors(policy.config, dataset_stats=dataset_stats(seed))
@@ -527,6 +528,7 @@ def load(kind: str, policy_dir, device: str = "cpu", dtype: str | None = None) -
     log = io.StringIO()
     with _dims_context(kind, arch), contextlib.redirect_stdout(log):
         policy = POLICY_CLASSES[kind].from_pretrained(policy_dir, config=config)
+    policy.to(device)
     _check_loaded(policy, policy_dir / "model.safetensors", log.getvalue())
     feed = TokenFeed()
     preprocessor, postprocessor = make_pre_post_processors(

@@ -35,22 +35,41 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor | None,
-              scale: float) -> torch.Tensor:
+              scale: float, fold: bool | None = None) -> torch.Tensor:
     """q [B, H, Tq, d], k/v [B, Hkv, Tk, d] (grouped-query when Hkv < H), mask [B, 1, Tq, Tk] added to
-    the logits. Softmax in float32 like the eager reference. Returns [B, Tq, H * d]."""
-    groups = q.shape[1] // k.shape[1]
+    the logits (or already folded, [B, 1, G * Tq, Tk], see fold_mask). Returns [B, Tq, H * d].
+
+    fold (default: on CUDA): the G query heads that share a K/V head become G * Tq rows of one head,
+    so K/V are read as they are instead of being repeated G times per call. The same dot products and
+    row softmaxes. Off (the CPU default): the reference's exact op order, scores and softmax in fp32."""
+    B, H, Tq, d = q.shape
+    groups = H // k.shape[1]
+    fold = q.is_cuda if fold is None else fold
+    if fold and groups > 1:
+        if additive_mask is not None and additive_mask.shape[-2] == Tq:
+            additive_mask = fold_mask(additive_mask, groups)
+        qf = q.reshape(B, k.shape[1], groups * Tq, d)
+        out = _sdpa(qf, k, v, additive_mask, scale).view(B, H, Tq, d)
+        return out.transpose(1, 2).reshape(B, Tq, H * d)
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
+    return _sdpa(q, k, v, additive_mask, scale).transpose(1, 2).reshape(B, Tq, H * d)
+
+
+def _sdpa(q, k, v, mask, scale):
     if q.is_cuda:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask, scale=scale)
-    else:  # the reference's exact op order: scores in fp32, softmax in fp32, cast back
-        scores = torch.matmul(q, k.transpose(2, 3)) * scale
-        if additive_mask is not None:
-            scores = scores + additive_mask
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v)
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scale
+    if mask is not None:
+        scores = scores + mask
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+
+
+def fold_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, 1, Tq, Tk] -> [B, 1, groups * Tq, Tk] (row g * Tq + i is row i): once per chunk, not per call."""
+    B, _, Tq, Tk = mask.shape
+    return mask.expand(B, groups, Tq, Tk).reshape(B, 1, groups * Tq, Tk)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

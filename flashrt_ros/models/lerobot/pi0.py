@@ -34,10 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict, fold_mask,
+                     gelu_tanh, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
 from .processing import resize_with_pad_centered
-from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict, gelu_tanh,
-                     parameter_bytes, rope_cos_sin,
-                     sinusoidal_time_embedding)
 from .siglip import VisionTransformer
 
 PREFIX = "paligemma_with_expert."
@@ -80,7 +79,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (_rms(x) * (1.0 + self.weight.float())).type_as(x)
+        return (_rms(x) * self.one_plus_w).type_as(x)
+
+    def finalize(self) -> None:
+        self.register_buffer("one_plus_w", 1.0 + self.weight.float(), persistent=False)
 
 
 class AdaRMSNorm(nn.Module):
@@ -97,9 +99,9 @@ def _rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def _modulate(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """adaRMS with a precomputed fp32 modulation row [3 * W] (scale, shift, gate)."""
-    scale, shift, gate = mod.chunk(3, dim=-1)
-    return (_rms(x) * (1 + scale) + shift).to(x.dtype), gate.to(x.dtype)
+    """adaRMS with a precomputed fp32 modulation row [3 * W] (1 + scale, shift, gate)."""
+    one_plus_scale, shift, gate = mod.chunk(3, dim=-1)
+    return (_rms(x) * one_plus_scale + shift).to(x.dtype), gate.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -111,12 +113,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d.width, d.num_kv_heads * d.head_dim, bias=False)
         self.o_proj = nn.Linear(d.num_heads * d.head_dim, d.width, bias=False)
 
+    def fuse(self) -> None:
+        """One [q; k; v] matmul instead of three (load time; same dot products)."""
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        self.qkv_proj = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.qkv_proj.weight.copy_(w)
+        del self.q_proj, self.k_proj, self.v_proj
+
     def qkv(self, x, cos, sin):
         B, T, _ = x.shape
-        hd = self.d.head_dim
-        q = self.q_proj(x).view(B, T, -1, hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, -1, hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, -1, hd).transpose(1, 2)
+        d = self.d
+        q, k, v = self.qkv_proj(x).split([d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim,
+                                          d.num_kv_heads * d.head_dim], dim=-1)
+        q = q.reshape(B, T, -1, d.head_dim).transpose(1, 2)
+        k = k.reshape(B, T, -1, d.head_dim).transpose(1, 2)
+        v = v.reshape(B, T, -1, d.head_dim).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
@@ -127,8 +138,16 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d.width, d.mlp_dim, bias=False)
         self.down_proj = nn.Linear(d.mlp_dim, d.width, bias=False)
 
+    def fuse(self) -> None:
+        """One [gate; up] matmul instead of two (load time)."""
+        w = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        self.gate_up_proj = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.gate_up_proj.weight.copy_(w)
+        del self.gate_proj, self.up_proj
+
     def forward(self, x):
-        return self.down_proj(gelu_tanh(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(gelu_tanh(gate) * up)
 
 
 class GemmaLayer(nn.Module):
@@ -227,16 +246,26 @@ class Pi0(nn.Module):
         temb = sinusoidal_time_embedding(t, self.expert_dims.width, self.min_period, self.max_period)  # [K, W]
         if self.pi05:
             cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))                      # [K, W]
+            W = self.expert_dims.width
+            one = torch.cat([torch.ones(W, device=device), torch.zeros(2 * W, device=device)])    # 1 + scale
             mods = [torch.stack([layer.input_layernorm.dense(cond), layer.post_attention_layernorm.dense(cond)])
                     for layer in self.expert]                                                    # [2, K, 3W]
-            self.register_buffer("ada_layers", torch.stack(mods), persistent=False)               # [L, 2, K, 3W]
-            self.register_buffer("ada_final", self.expert_norm.dense(cond), persistent=False)     # [K, 3W]
+            self.register_buffer("ada_layers", torch.stack(mods) + one, persistent=False)         # [L, 2, K, 3W]
+            self.register_buffer("ada_final", self.expert_norm.dense(cond) + one, persistent=False)  # [K, 3W]
         else:
             W = self.expert_dims.width
             w_time = self.action_time_mlp_in.weight[:, W:]
             self.register_buffer("time_bias", temb @ w_time.T + self.action_time_mlp_in.bias, persistent=False)
             self.register_buffer("w_action", self.action_time_mlp_in.weight[:, :W].clone(), persistent=False)
+        norms = [m for m in self.modules() if isinstance(m, RMSNorm)]
+        for m in norms:
+            m.finalize()
+        for layer in [*self.vlm, *self.expert]:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
         self.to(dtype=dtype)
+        for m in norms:  # norm statistics and scales stay float32, as in LeRobot
+            m.one_plus_w = m.one_plus_w.float()
         # sqrt(width) as HF rounds it (float32 -> weight dtype), kept as a Python float: no host tensor
         # reaches the device inside the captured graph
         self._embed_scale = float(torch.tensor(self.vlm_dims.width ** 0.5).to(dtype))
@@ -284,11 +313,12 @@ class Pi0(nn.Module):
         lang = self.embed(tokens) * self._embed_scale
         prefix = torch.cat([img.to(dtype), lang.to(dtype)], dim=1)
         prefix_pad = torch.cat([img_masks[:, :, None].expand(B, n, P_img).reshape(B, -1), token_mask], dim=1)
-        prefix_k, prefix_v = self._encode_prefix(prefix, prefix_pad)
-
         # Suffix layout: π0 [state, actions], π0.5 [actions]; the first suffix token opens a new block.
         H = self.chunk_size
         S = H if self.pi05 else H + 1
+        fold = prefix.is_cuda   # grouped-query heads as rows: masks folded once here, not per call
+        kv = self._encode_prefix(prefix, prefix_pad, S, fold)
+
         suffix_pad = torch.ones(B, S, dtype=torch.bool, device=prefix.device)
         ar = torch.zeros(B, S, dtype=torch.int64, device=prefix.device)
         ar[:, 0] = 1
@@ -297,6 +327,8 @@ class Pi0(nn.Module):
         allowed = torch.cat([prefix_pad[:, None, :].expand(B, S, prefix_pad.shape[1]), block_mask(suffix_pad, ar)],
                             dim=2)
         mask = additive_mask(allowed, dtype)
+        if fold:
+            mask = fold_mask(mask, self.expert_dims.num_heads // self.expert_dims.num_kv_heads)
         positions = prefix_pad.sum(dim=1, keepdim=True) + torch.arange(S, device=prefix.device)[None]
         cos, sin = rope_cos_sin(positions, self.expert_dims.head_dim, ROPE_THETA)
         state_emb = None if self.pi05 else self.state_proj(state.to(dtype))[:, None]
@@ -304,27 +336,33 @@ class Pi0(nn.Module):
         x_t = noise.to(torch.float32)
         dt = -1.0 / self.num_steps
         for step in range(self.num_steps):
-            v_t = self._velocity(step, x_t, state_emb, prefix_k, prefix_v, mask, cos, sin)
+            v_t = self._velocity(step, x_t, state_emb, kv, mask, cos, sin)
             x_t = x_t + dt * v_t
         return x_t
 
-    def _encode_prefix(self, x: torch.Tensor, pad: torch.Tensor):
+    def _encode_prefix(self, x: torch.Tensor, pad: torch.Tensor, suffix_len: int, fold: bool) -> torch.Tensor:
+        """The VLM over the prefix. Returns K/V [2, layers, B, kv_heads, P + suffix_len, head_dim] with the
+        prefix part filled: each denoise step writes its own K/V behind it (no per-step concatenation)."""
+        d = self.vlm_dims
         mask = additive_mask(block_mask(pad, torch.zeros_like(pad, dtype=torch.int64)), x.dtype)
+        if fold:
+            mask = fold_mask(mask, d.num_heads // d.num_kv_heads)
         positions = torch.cumsum(pad, dim=1) - 1
-        cos, sin = rope_cos_sin(positions, self.vlm_dims.head_dim, ROPE_THETA)
-        scale = self.vlm_dims.head_dim ** -0.5
-        ks, vs = [], []
+        cos, sin = rope_cos_sin(positions, d.head_dim, ROPE_THETA)
+        scale = d.head_dim ** -0.5
+        B, P = pad.shape
+        kv = x.new_empty(2, len(self.vlm), B, d.num_kv_heads, P + suffix_len, d.head_dim)
         for i, layer in enumerate(self.vlm):
             q, k, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
-            ks.append(k)
-            vs.append(v)
+            kv[0, i, :, :, :P] = k
+            kv[1, i, :, :, :P] = v
             if i == len(self.vlm) - 1:
                 break  # the last layer's output is never read: only its K/V are
-            x = x + layer.self_attn.o_proj(attention(q, k, v, mask, scale))
+            x = x + layer.self_attn.o_proj(attention(q, k, v, mask, scale, fold))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return ks, vs
+        return kv
 
-    def _velocity(self, step, x_t, state_emb, prefix_k, prefix_v, mask, cos, sin) -> torch.Tensor:
+    def _velocity(self, step, x_t, state_emb, kv, mask, cos, sin) -> torch.Tensor:
         dtype = self.action_in_proj.weight.dtype
         act = self.action_in_proj(x_t.to(dtype))
         if self.pi05:
@@ -339,9 +377,10 @@ class Pi0(nn.Module):
             else:
                 h, gate = layer.input_layernorm(x), None
             q, k, v = layer.self_attn.qkv(h, cos, sin)
-            k = torch.cat([prefix_k[i], k], dim=2)
-            v = torch.cat([prefix_v[i], v], dim=2)
-            out = layer.self_attn.o_proj(attention(q, k, v, mask, scale))
+            S = k.shape[2]
+            kv[0, i, :, :, -S:] = k
+            kv[1, i, :, :, -S:] = v
+            out = layer.self_attn.o_proj(attention(q, kv[0, i], kv[1, i], mask, scale, mask.shape[-2] != q.shape[2]))
             x = x + out if gate is None else x + out * gate
             if self.pi05:
                 h, gate = _modulate(x, self.ada_layers[i, 1, step])
