@@ -32,6 +32,16 @@ def test_the_shipped_params_file_loads_and_matches_the_defaults():
     assert shipped.cameras[0].topic == "camera/top/image_raw" and not shipped.cameras[0].compressed
 
 
+def test_the_lerobot_example_params_file_loads_for_a_real_lerobot_directory():
+    fixture = REPO / "test" / "fixtures" / "lerobot_pi05_tiny"
+    cfg = load_config([REPO / "config" / "lerobot_pi05.yaml"], env={}, cli=[("checkpoint", str(fixture))])
+    assert (cfg.model, cfg.dtype, len(cfg.joint_names), [c.name for c in cfg.cameras]) == \
+        ("lerobot_pi05", "bfloat16", 7, ["base", "wrist"])
+    assert cfg.cameras[1].compressed and cfg.chunk_dt == 0.02
+    with pytest.raises(ConfigError, match="is not a directory"):   # the file's placeholder path
+        load_config([REPO / "config" / "lerobot_pi05.yaml"], env={})
+
+
 def test_command_line_beats_environment_beats_params_file(tmp_path):
     f = write(tmp_path, "/**:\n  ros__parameters:\n    actor_hz: 5.0\n    planner_hz: 1.0\n    seed: 3\n")
     env = {"FLASHRT_ACTOR_HZ": "20", "FLASHRT_PLANNER_HZ": "4", "UNRELATED": "x"}
