@@ -30,7 +30,8 @@ from .models.lerobot.loader import PolicyDirError
 from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
 from .runtime.kernels import ENCODINGS, Postprocessor, image_layout
 
-DEFAULT_CHUNK_DT = 0.02  # LeRobot checkpoints do not record the control period: set `chunk_dt`
+DEFAULT_CHUNK_DT = 0.02
+COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (STYLE.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class LerobotEngine:
         if p.tokenizer is None:
             p.tokenize("")  # raises the clear "no tokenizer.json" error
         self.actor = p.model
+        self.notes: list[str] = []          # start-up facts the host logs (e.g. the compile gate)
+        if compile_actor:
+            self._compile_gated(len(p.camera_keys))
         self.config = LerobotInfo(name=f"lerobot_{p.kind}", n_cameras=len(p.camera_keys),
                                   image_size=p.model.image_size, state_dim=p.state_dim, action_dim=p.action_dim,
                                   horizon=p.n_action_steps, num_steps=int(p.config.get("num_inference_steps",
@@ -108,6 +112,28 @@ class LerobotEngine:
         self.capsules.snapshot("initial")
         self._task_text = ""
         self._subtask = SubtaskState(0, "", "none")   # π0.5's host-side subtask
+
+    def _compile_gated(self, n_cameras: int) -> None:
+        """Opt-in: torch.compile the network's layers (fused elementwise chains), kept only if its output
+        matches the plain path on seeded inputs (cosine >= COMPILE_MIN_COS); otherwise the plain path
+        runs and a note says why. Compilation happens here, before the graph is captured."""
+        net = self.policy.model
+        if not hasattr(net, "compile_layers"):
+            raise PolicyDirError(f"compile: the {self.policy.kind} network has no compiled path (π0/π0.5 only)")
+        probe = {k: v.to(self.device) for k, v in self.policy.probe_inputs(n_cameras).items()}
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            plain = net(*probe.values()).double()
+            net.compile_layers()
+            fast = net(*probe.values()).double()
+        cos = float(torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0))
+        if not cos >= COMPILE_MIN_COS:
+            net.compile_layers(False)
+            self.notes.append(f"compile: refused, cosine {cos:.6f} vs the plain path < {COMPILE_MIN_COS}: "
+                              f"running uncompiled")
+        else:
+            self.notes.append(f"compile: layers compiled in {time.perf_counter() - t0:.1f} s, cosine {cos:.7f} "
+                              f"vs the plain path")
 
     # --- the graph -----------------------------------------------------------------------------------
     def _actor_fn(self, b: BufferSet) -> None:

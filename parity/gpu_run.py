@@ -60,6 +60,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cameras", default="1,2,3")
     ap.add_argument("--size", default="full", choices=("tiny", "full"), help="tiny: a quick check of this script")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--compile", action="store_true", help="also the opt-in compiled layers (π0/π0.5)")
     args = ap.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -138,10 +139,20 @@ def main(argv=None) -> None:
         res["flashrt"].append(r)
         log(f"flashrt bf16 graph, {n} cam: p50 {r['graph']['p50_ms']:.2f} p99 {r['graph']['p99_ms']:.2f} ms, "
             f"eager p50 {r['eager']['p50_ms']:.1f} ms, floor {r['floor_ms']:.2f} ms")
+    if args.compile:
+        res["flashrt_compiled"] = []
+        for n in cams:
+            r = bench_network(ours, n, args.iters, bandwidth, compiled=True)
+            res["flashrt_compiled"].append(r)
+            log(f"flashrt bf16 compiled graph, {n} cam: p50 {r['graph']['p50_ms']:.2f} p99 {r['graph']['p99_ms']:.2f} "
+                f"ms, cos vs plain {r['graph_vs_eager_cos']:.7f}, compiled in {r['compile_s']:.1f} s")
     del ours
     free()
     res["flashrt_act"] = bench_act(str(out), dev, "bfloat16", args.iters)
     log(f"flashrt act() {res['flashrt_act']}")
+    if args.compile:
+        res["flashrt_act_compiled"] = bench_act(str(out), dev, "bfloat16", args.iters, compiled=True)
+        log(f"flashrt act() compiled {res['flashrt_act_compiled']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     log(f"wrote {args.out}")

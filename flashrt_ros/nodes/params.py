@@ -83,6 +83,9 @@ PARAMS: tuple[Param, ...] = (
     Param("device", str, "auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'; cuda without a GPU is an error", _device),
     Param("seed", int, 0, "seed of the flow-matching noise (runs are reproducible per seed)", _in(0, 2**31 - 1)),
     Param("planner_pieces", int, 1, "graphs the planner is cut into, so the actor can run between them", _in(1, 64)),
+    Param("compile", bool, False, "opt-in fast path: torch.compile the actor before its graph is captured (LeRobot "
+          "π0/π0.5: each layer's elementwise chains fused; kept only if it matches the plain path, cosine >= 0.9999, "
+          "else a warning and the plain path); start-up takes longer (about 20 s per camera count on an H100)"),
     Param("cpu_threads", int, 1, "torch intra-op threads when the device is the CPU; 0 = torch's choice "
           "(more than 1 beside the ROS threads slowed the reference policy ~10x on 2 cores)", _in(0, 256)),
     Param("dtype", str, "float32", "weights and activations: float32 | bfloat16 | float16 (bf16 for large presets on a GPU)",
@@ -149,6 +152,7 @@ class HostConfig:
     planner_pieces: int = 1
     cpu_threads: int = 1
     dtype: str = "float32"
+    compile: bool = False
     cameras: tuple[CameraConfig, ...] = (CameraConfig("top", "camera/top/image_raw", False),)
     camera_sync_slop_s: float = 0.05
     camera_timeout_s: float = 0.5

@@ -30,6 +30,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from flashrt_ros.engines import make_engine
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
 from .conversions import action_chunk_msg, hold_trajectory_msg, joint_trajectory_msg, subtask_msg
@@ -119,21 +120,13 @@ class PolicyLoop:
 
     def _load_engine(self) -> None:
         cfg = self.config
-        factory = self._engine_factory
-        extra = {}
-        if factory is None and cfg.model.startswith("lerobot_"):
-            from flashrt_ros.lerobot_engine import LerobotEngine
-            factory, extra = LerobotEngine, {"tokenizer": cfg.tokenizer or None}
-        elif factory is None:
-            from flashrt_ros.engine import Engine
-            factory = Engine
         t0 = time.monotonic()
         if cfg.cpu_threads and resolve_device(cfg.device).type == "cpu":
             # spinning OpenMP workers beside the executor and dispatcher threads starve them
             torch.set_num_threads(cfg.cpu_threads)
-        engine = factory(checkpoint=cfg.checkpoint or None, preset=cfg.preset, device=cfg.device, seed=cfg.seed,
-                         joint_limits=cfg.joint_limits, max_velocity=np.asarray(cfg.max_velocity, np.float32),
-                         planner_pieces=cfg.planner_pieces, dtype=cfg.dtype, **extra)
+        engine = make_engine(cfg, self._engine_factory)
+        for note in getattr(engine, "notes", ()):
+            (self.log.warning if "refused" in note else self.log.info)(note)
         mc = engine.config
         if len(cfg.cameras) != mc.n_cameras:
             raise ConfigError(f"parameter 'cameras' lists {len(cfg.cameras)} camera(s) "

@@ -1,12 +1,19 @@
 """flashrt-ros bench-lerobot: chunk latency of a LeRobot checkpoint on flashrt_ros.
 
-    flashrt-ros bench-lerobot DIR [--device cuda] [--dtype bfloat16] [--cameras 1,2,3] [--iters 50]
+    flashrt-ros bench-lerobot DIR [--device cuda] [--dtype bfloat16] [--cameras 1,2,3] [--iters 50] [--compile]
 
 Per camera count, on the same static buffers: the whole chunk as one CUDA graph replay vs the same
 network run eagerly (p50/p99), and the memory-bandwidth floor: (vision + projector + VLM weights,
 read once) + num_steps x (action-expert weights) bytes / measured copy bandwidth. Plus the whole
 LerobotEngine.act() (uint8 camera frames in, clamped joint positions out) at the checkpoint's own
 camera count. On CPU the "graph" is the eager function: the ratio is ~1 by construction.
+
+--compile (π0/π0.5): the network's layers are torch.compile'd (Pi0.compile_layers) before the eager
+timing and the capture, so "eager" is the compiled network without a graph; graph_vs_eager_* then
+compare the compiled graph with the plain, uncompiled eager output (the fast path's equivalence gate:
+cosine >= 0.9999 in bf16), graph_equals_compiled_eager checks the capture itself, and compile_s is
+the first compiled forward (compilation included). The act() row stays uncompiled (its engine loads
+its own network).
 """
 from __future__ import annotations
 
@@ -24,22 +31,11 @@ from flashrt_ros.tools.bench import _pct, _sync, _time, measure_bandwidth
 
 
 def network_inputs(policy: LerobotPolicy, n_cameras: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    cfg, R, L = policy.config, policy.model.image_size, policy.max_length
-    tokens = torch.randint(3, 1000, (1, L), generator=g)
-    mask = torch.zeros(1, L, dtype=torch.bool)
-    mask[:, : max(1, L // 2)] = True
-    return {
-        "images": torch.rand(1, n_cameras, 3, R, R, generator=g) * 2 - 1,
-        "img_masks": torch.ones(1, n_cameras, dtype=torch.bool),
-        "tokens": torch.where(mask, tokens, torch.zeros_like(tokens)),
-        "token_mask": mask,
-        "state": torch.randn(1, int(cfg["max_state_dim"]), generator=g) * 0.5,
-        "noise": torch.randn(1, policy.chunk_size, int(cfg["max_action_dim"]), generator=g),
-    }
+    return policy.probe_inputs(n_cameras, seed)
 
 
-def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: float) -> dict:
+def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: float,
+                  compiled: bool = False) -> dict:
     dev = policy.device
     b = BufferSet(dev)
     for name, t in network_inputs(policy, n_cameras).items():
@@ -47,30 +43,43 @@ def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: 
     b.declare("actions", tuple(b["noise"].shape), torch.float32)
     net = policy.model
     names = ["images", "img_masks", "tokens", "token_mask", "state", "noise"]
+    if compiled and not hasattr(net, "compile_layers"):
+        raise ValueError(f"--compile: the {policy.kind} network has no compiled path (π0/π0.5 only)")
 
     def fn(bufs):
         bufs["actions"].copy_(net(*(bufs[n] for n in names)))
 
+    extra = {}
     with torch.inference_mode():
+        if compiled:
+            net.compile_layers(False)
+            fn(b)
+            plain_out = b["actions"].clone()   # the plain path: what the compiled one must equal
+            net.compile_layers()
+            extra["compile_s"] = float(_time(lambda: fn(b), dev, iters=1, warmup=0)[0])
         t_eager = _time(lambda: fn(b), dev, iters=max(5, iters // 4), warmup=2)
         eager_out = b["actions"].clone()
         graph = StaticGraph("bench", fn, b, reads=names, writes=["actions"]).capture()
         t_graph = _time(graph.replay, dev, iters=iters, warmup=3)
         graph_out = b["actions"].clone()
+    reference = plain_out if compiled else eager_out
+    if compiled:
+        extra["graph_equals_compiled_eager"] = bool(torch.equal(graph_out, eager_out))
     once, per_step = net.weight_bytes()
     floor_s = (once + net.num_steps * per_step) / bandwidth
-    cos = float(torch.nn.functional.cosine_similarity(graph_out.flatten().double(), eager_out.flatten().double(),
+    cos = float(torch.nn.functional.cosine_similarity(graph_out.flatten().double(), reference.flatten().double(),
                                                       dim=0))
-    return {"cameras": n_cameras, "eager": _pct(t_eager), "graph": _pct(t_graph),
+    return {"cameras": n_cameras, "compiled": compiled, **extra, "eager": _pct(t_eager), "graph": _pct(t_graph),
             "graph_speedup_p50": float(np.median(t_eager) / np.median(t_graph)),
             "weights_once_MB": once / 1e6, "weights_per_step_MB": per_step / 1e6, "floor_ms": floor_s * 1e3,
             "graph_over_floor": float(np.median(t_graph) / floor_s), "graph_vs_eager_cos": cos,
-            "graph_equals_eager": bool(torch.equal(graph_out, eager_out))}
+            "graph_vs_eager_max_abs": float((graph_out - reference).abs().max()),
+            "graph_equals_eager": bool(torch.equal(graph_out, reference))}
 
 
-def bench_act(checkpoint: str, device: str, dtype: str, iters: int) -> dict:
+def bench_act(checkpoint: str, device: str, dtype: str, iters: int, compiled: bool = False) -> dict:
     from flashrt_ros.lerobot_engine import LerobotEngine
-    engine = LerobotEngine(checkpoint, device=device, dtype=dtype)
+    engine = LerobotEngine(checkpoint, device=device, dtype=dtype, compile_actor=compiled)
     rng = np.random.default_rng(0)
     c = engine.config
     images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(c.n_cameras)]
@@ -78,7 +87,8 @@ def bench_act(checkpoint: str, device: str, dtype: str, iters: int) -> dict:
     engine.set_task("pick up the red cube")
     seq = iter(range(10**9))
     t = _time(lambda: engine.act(images, ["rgb8"] * c.n_cameras, q, next(seq)), engine.device, iters=iters)
-    return {"cameras": c.n_cameras, "camera_size": "640x480 rgb8", "act": _pct(t)}
+    return {"cameras": c.n_cameras, "camera_size": "640x480 rgb8", "compiled": compiled, "notes": engine.notes,
+            "act": _pct(t)}
 
 
 def main(argv=None) -> int:
@@ -89,6 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--cameras", default="1,2,3")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the network's layers before capture (π0/π0.5; see above)")
     ap.add_argument("--no-act", action="store_true", help="skip the end-to-end act() row")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
@@ -97,13 +109,14 @@ def main(argv=None) -> int:
     bandwidth = measure_bandwidth(device)
     res = {"checkpoint": str(args.checkpoint), "kind": policy.kind, "device": str(device),
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "dtype": args.dtype, "bandwidth_GBps": bandwidth / 1e9, "network": []}
+           "dtype": args.dtype, "compile": args.compile, "bandwidth_GBps": bandwidth / 1e9, "network": []}
     for n in (int(x) for x in args.cameras.split(",")):
-        r = bench_network(policy, n, args.iters, bandwidth)
+        r = bench_network(policy, n, args.iters, bandwidth, compiled=args.compile)
         res["network"].append(r)
+        note = f" | compiled in {r['compile_s']:.1f} s" if args.compile else ""
         print(f"{policy.kind} {n} cam: graph p50 {r['graph']['p50_ms']:.2f} ms p99 {r['graph']['p99_ms']:.2f} | "
               f"eager p50 {r['eager']['p50_ms']:.2f} | x{r['graph_speedup_p50']:.1f} | floor {r['floor_ms']:.2f} ms "
-              f"({r['graph_over_floor']:.1f}x over)", flush=True)
+              f"({r['graph_over_floor']:.1f}x over) | cos vs eager {r['graph_vs_eager_cos']:.6f}{note}", flush=True)
     del policy
     _sync(device)
     if not args.no_act:

@@ -84,10 +84,8 @@ def _text(raw_text: str) -> str | None:
 
 
 def make_engine(config):
-    from flashrt_ros.engine import Engine
-    return Engine(checkpoint=config.checkpoint or None, preset=config.preset, device=config.device,
-                  seed=config.seed, joint_limits=config.joint_limits,
-                  max_velocity=np.asarray(config.max_velocity, np.float32), planner_pieces=config.planner_pieces)
+    from flashrt_ros.engines import make_engine as make
+    return make(config)
 
 
 def planner_every(config) -> int:

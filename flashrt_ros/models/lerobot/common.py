@@ -72,6 +72,13 @@ def fold_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
     return mask.expand(B, groups, Tq, Tk).reshape(B, 1, groups * Tq, Tk)
 
 
+def aligned_rows(mask: torch.Tensor, multiple: int = 8) -> torch.Tensor:
+    """The same mask, its rows starting every `multiple` elements (a padded buffer, sliced back). SDPA's
+    memory-efficient kernel needs that alignment and otherwise pads the mask again on every call (and
+    inductor inserts the same copy): done once per chunk instead."""
+    return F.pad(mask, (0, -mask.shape[-1] % multiple))[..., :mask.shape[-1]]
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """bool [B, Tq, Tk] (True = may attend) -> additive [B, 1, Tq, Tk]. Python scalars only: no host
     tensor is copied to the device, so this can be captured in a CUDA graph."""

@@ -73,6 +73,23 @@ class LerobotPolicy:
                                  f"π0/π0.5, SmolVLM2's for SmolVLA — into the directory, or set `tokenizer`)")
         return self.tokenizer(text)
 
+    def probe_inputs(self, n_cameras: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Seeded network inputs of the right shapes (CPU tensors, batch 1): for benchmarks and the
+        start-up equivalence gate of a fast path. Images in [-1, 1], half the prompt valid."""
+        g = torch.Generator().manual_seed(seed)
+        R, L = self.model.image_size, self.max_length
+        tokens = torch.randint(3, 1000, (1, L), generator=g)
+        mask = torch.zeros(1, L, dtype=torch.bool)
+        mask[:, : max(1, L // 2)] = True
+        return {
+            "images": torch.rand(1, n_cameras, 3, R, R, generator=g) * 2 - 1,
+            "img_masks": torch.ones(1, n_cameras, dtype=torch.bool),
+            "tokens": torch.where(mask, tokens, torch.zeros_like(tokens)),
+            "token_mask": mask,
+            "state": torch.randn(1, int(self.config["max_state_dim"]), generator=g) * 0.5,
+            "noise": torch.randn(1, self.chunk_size, int(self.config["max_action_dim"]), generator=g),
+        }
+
     # --- eager reference path -----------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images: list[torch.Tensor], state: torch.Tensor, tokens: torch.Tensor,

@@ -14,6 +14,10 @@ MLP and every adaRMS modulation, π0's time half of `action_time_mlp_in` — is 
 (`finalize`) in float32 and kept as tables; the graph does no time work. Same math as LeRobot, in a
 different order for π0's split matmul (fp32 differences ~1e-7).
 
+The Gemma layers are plain functions of their weight tensors (prefix_layer, expert_layer). Opt-in,
+`compile_layers()` runs them, and SigLIP's layers, through torch.compile: one fused graph per layer
+kind, reused by every layer and denoise step, inside the caller's CUDA graph.
+
 Key map (LeRobot state dict -> ours; a leading "model." is optional, as in LeRobot's loader):
     paligemma_with_expert.paligemma.model.vision_tower.vision_model.*  -> vision.*
     paligemma_with_expert.paligemma.model.multi_modal_projector.linear.* -> projector.*
@@ -29,12 +33,13 @@ Key map (LeRobot state dict -> ours; a leading "model." is optional, as in LeRob
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict, fold_mask,
+from .common import (additive_mask, aligned_rows, apply_rope, attention, block_mask, euler_times, fit_state_dict, fold_mask,
                      gelu_tanh, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
 from .processing import resize_with_pad_centered
 from .siglip import VisionTransformer
@@ -79,7 +84,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (_rms(x) * self.one_plus_w).type_as(x)
+        return rms_norm(x, self.one_plus_w)
 
     def finalize(self) -> None:
         self.register_buffer("one_plus_w", 1.0 + self.weight.float(), persistent=False)
@@ -91,6 +96,10 @@ class AdaRMSNorm(nn.Module):
     def __init__(self, dim: int, cond_dim: int):
         super().__init__()
         self.dense = nn.Linear(cond_dim, 3 * dim)
+
+
+def rms_norm(x: torch.Tensor, one_plus_w: torch.Tensor) -> torch.Tensor:
+    return (_rms(x) * one_plus_w).type_as(x)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +116,6 @@ def _modulate(x: torch.Tensor, mod: torch.Tensor) -> tuple[torch.Tensor, torch.T
 class Attention(nn.Module):
     def __init__(self, d: GemmaDims):
         super().__init__()
-        self.d = d
         self.q_proj = nn.Linear(d.width, d.num_heads * d.head_dim, bias=False)
         self.k_proj = nn.Linear(d.width, d.num_kv_heads * d.head_dim, bias=False)
         self.v_proj = nn.Linear(d.width, d.num_kv_heads * d.head_dim, bias=False)
@@ -119,16 +127,6 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
         self.qkv_proj.weight.copy_(w)
         del self.q_proj, self.k_proj, self.v_proj
-
-    def qkv(self, x, cos, sin):
-        B, T, _ = x.shape
-        d = self.d
-        q, k, v = self.qkv_proj(x).split([d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim,
-                                          d.num_kv_heads * d.head_dim], dim=-1)
-        q = q.reshape(B, T, -1, d.head_dim).transpose(1, 2)
-        k = k.reshape(B, T, -1, d.head_dim).transpose(1, 2)
-        v = v.reshape(B, T, -1, d.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 class MLP(nn.Module):
@@ -145,10 +143,6 @@ class MLP(nn.Module):
         self.gate_up_proj.weight.copy_(w)
         del self.gate_proj, self.up_proj
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(gelu_tanh(gate) * up)
-
 
 class GemmaLayer(nn.Module):
     def __init__(self, d: GemmaDims, ada: bool):
@@ -158,6 +152,75 @@ class GemmaLayer(nn.Module):
         self.self_attn = Attention(d)
         self.post_attention_layernorm = norm()
         self.mlp = MLP(d)
+
+    def weights(self) -> "GemmaWeights":
+        """This layer's tensors for the layer functions (after finalize: fused projections, 1 + w norms)."""
+        def one_plus_w(norm):
+            return norm.one_plus_w if isinstance(norm, RMSNorm) else None
+        return GemmaWeights(self.self_attn.qkv_proj.weight, self.self_attn.o_proj.weight, self.mlp.gate_up_proj.weight,
+                            self.mlp.down_proj.weight, one_plus_w(self.input_layernorm),
+                            one_plus_w(self.post_attention_layernorm))
+
+
+# --- the layers as functions of tensors -------------------------------------------------------------
+# The weights are arguments, not modules closed over: torch.compile guards on shapes and dtypes, not on
+# which layer it is given, so one compiled graph serves every layer of a kind and every denoise step
+# (Pi0.compile_layers). Uncompiled, they are the default path.
+
+class GemmaWeights(NamedTuple):
+    qkv: torch.Tensor                # [q; k; v] rows
+    o: torch.Tensor
+    gate_up: torch.Tensor            # [gate; up] rows
+    down: torch.Tensor
+    norm1: torch.Tensor | None       # RMSNorm 1 + w, float32; None where adaRMS rows replace them (π0.5 expert)
+    norm2: torch.Tensor | None
+
+
+def _qkv(h: torch.Tensor, w: GemmaWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int,
+         cos: torch.Tensor, sin: torch.Tensor):
+    """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE; k and v are also written to the
+    caches [B, kv_heads, :, head_dim] at start:start + T. Head counts follow from the shapes."""
+    B, T, _ = h.shape
+    kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
+    kv_rows = kv_heads * head_dim
+    q, k, v = F.linear(h, w.qkv).split([w.qkv.shape[0] - 2 * kv_rows, kv_rows, kv_rows], dim=-1)
+    q = q.reshape(B, T, -1, head_dim).transpose(1, 2)
+    k = k.reshape(B, T, -1, head_dim).transpose(1, 2)
+    v = v.reshape(B, T, -1, head_dim).transpose(1, 2)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k_cache[:, :, start:start + T] = k
+    v_cache[:, :, start:start + T] = v
+    return q, k, v
+
+
+def _attend(q, k, v, mask, w: GemmaWeights) -> torch.Tensor:
+    # a mask with more rows than q has is folded (fold_mask): grouped-query heads as rows
+    return F.linear(attention(q, k, v, mask, q.shape[-1] ** -0.5, mask.shape[-2] != q.shape[2]), w.o)
+
+
+def _mlp(h: torch.Tensor, w: GemmaWeights) -> torch.Tensor:
+    gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
+    return F.linear(gelu_tanh(gate) * up, w.down)
+
+
+def prefix_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin) -> torch.Tensor:
+    """One PaliGemma layer over the prefix x [B, P, W]; its K/V go to the caches' first P slots."""
+    q, k, v = _qkv(rms_norm(x, w.norm1), w, k_cache, v_cache, 0, cos, sin)
+    x = x + _attend(q, k, v, mask, w)
+    return x + _mlp(rms_norm(x, w.norm2), w)
+
+
+def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torch.Tensor | None) -> torch.Tensor:
+    """One action-expert layer over the suffix x [B, S, W]: its K/V go to the caches' last S slots and it
+    attends to all of them [prefix ; suffix]. ada: π0.5's adaRMS rows for this layer and step, float32
+    [2, 3W] (input, post-attention), or None for π0 (RMSNorms w.norm1, w.norm2: no gate)."""
+    h, gate = (rms_norm(x, w.norm1), None) if ada is None else _modulate(x, ada[0])
+    q, _, _ = _qkv(h, w, k_cache, v_cache, k_cache.shape[2] - x.shape[1], cos, sin)
+    out = _attend(q, k_cache, v_cache, mask, w)
+    x = x + out if gate is None else x + out * gate
+    h, gate = (rms_norm(x, w.norm2), None) if ada is None else _modulate(x, ada[1])
+    out = _mlp(h, w)
+    return x + out if gate is None else x + out * gate
 
 
 class Pi0(nn.Module):
@@ -191,6 +254,7 @@ class Pi0(nn.Module):
             self.state_proj = nn.Linear(max_state_dim, W)
             self.action_time_mlp_in, self.action_time_mlp_out = nn.Linear(2 * W, W), nn.Linear(W, W)
         self._finalized = False
+        self._prefix_layer, self._expert_layer = prefix_layer, expert_layer   # compile_layers swaps them
 
     # --- checkpoint edge ---------------------------------------------------------------------------
     @staticmethod
@@ -275,6 +339,24 @@ class Pi0(nn.Module):
         self._finalized = True
         return self.eval().requires_grad_(False)
 
+    def compile_layers(self, enabled: bool = True, backend: str = "inductor") -> "Pi0":
+        """Opt-in fast path: torch.compile the layer functions, fusing each layer's elementwise chains
+        (norms, RoPE, residuals, gates, gelu * up) into a few kernels. One graph per layer kind (VLM,
+        expert, SigLIP) and input shape, shared by all layers and steps. Matmuls stay cuBLAS (no
+        max-autotune), attention stays one SDPA call, and no cudagraph mode: the caller captures its own
+        CUDA graph around forward(). Compilation happens at the first forward of each shape: run one
+        before capturing (StaticGraph's warm-up does). compile_layers(False) restores the plain path."""
+        opts = dict(backend=backend, dynamic=False, fullgraph=True)
+
+        def maybe(fn):
+            return torch.compile(fn, **opts) if enabled else fn
+        self._prefix_layer, self._expert_layer = maybe(prefix_layer), maybe(expert_layer)
+        for layer in self.vision.encoder.layers:   # siglip.py's layer as it is: its bound forward, compiled
+            vars(layer).pop("forward", None)
+            if enabled:
+                layer.forward = maybe(layer.forward)
+        return self
+
     def weight_bytes(self) -> tuple[int, int]:
         """(bytes read once per chunk: vision, projector, VLM; bytes read per denoise step: the expert and
         the action projections) for the memory-bandwidth floor. The embedding table is gathered, not read."""
@@ -328,7 +410,7 @@ class Pi0(nn.Module):
                             dim=2)
         mask = additive_mask(allowed, dtype)
         if fold:
-            mask = fold_mask(mask, self.expert_dims.num_heads // self.expert_dims.num_kv_heads)
+            mask = aligned_rows(fold_mask(mask, self.expert_dims.num_heads // self.expert_dims.num_kv_heads))
         positions = prefix_pad.sum(dim=1, keepdim=True) + torch.arange(S, device=prefix.device)[None]
         cos, sin = rope_cos_sin(positions, self.expert_dims.head_dim, ROPE_THETA)
         state_emb = None if self.pi05 else self.state_proj(state.to(dtype))[:, None]
@@ -340,27 +422,24 @@ class Pi0(nn.Module):
             x_t = x_t + dt * v_t
         return x_t
 
-    def _encode_prefix(self, x: torch.Tensor, pad: torch.Tensor, suffix_len: int, fold: bool) -> torch.Tensor:
-        """The VLM over the prefix. Returns K/V [2, layers, B, kv_heads, P + suffix_len, head_dim] with the
-        prefix part filled: each denoise step writes its own K/V behind it (no per-step concatenation)."""
+    def _encode_prefix(self, x: torch.Tensor, pad: torch.Tensor, suffix_len: int,
+                       fold: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VLM over the prefix. Returns the K and V caches, each [layers, B, kv_heads, P + suffix_len,
+        head_dim], with the prefix part filled: each denoise step writes its own K/V behind it (no per-step
+        concatenation)."""
         d = self.vlm_dims
         mask = additive_mask(block_mask(pad, torch.zeros_like(pad, dtype=torch.int64)), x.dtype)
         if fold:
-            mask = fold_mask(mask, d.num_heads // d.num_kv_heads)
+            mask = aligned_rows(fold_mask(mask, d.num_heads // d.num_kv_heads))
         positions = torch.cumsum(pad, dim=1) - 1
         cos, sin = rope_cos_sin(positions, d.head_dim, ROPE_THETA)
-        scale = d.head_dim ** -0.5
         B, P = pad.shape
-        kv = x.new_empty(2, len(self.vlm), B, d.num_kv_heads, P + suffix_len, d.head_dim)
-        for i, layer in enumerate(self.vlm):
-            q, k, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
-            kv[0, i, :, :, :P] = k
-            kv[1, i, :, :, :P] = v
-            if i == len(self.vlm) - 1:
-                break  # the last layer's output is never read: only its K/V are
-            x = x + layer.self_attn.o_proj(attention(q, k, v, mask, scale, fold))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return kv
+        k_cache, v_cache = x.new_empty(2, len(self.vlm), B, d.num_kv_heads, P + suffix_len, d.head_dim)
+        for i, layer in enumerate(self.vlm[:-1]):
+            x = self._prefix_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin)
+        w = self.vlm[-1].weights()   # the last layer's output is never read: only its K/V are
+        _qkv(rms_norm(x, w.norm1), w, k_cache[-1], v_cache[-1], 0, cos, sin)
+        return k_cache, v_cache
 
     def _velocity(self, step, x_t, state_emb, kv, mask, cos, sin) -> torch.Tensor:
         dtype = self.action_in_proj.weight.dtype
@@ -370,24 +449,10 @@ class Pi0(nn.Module):
         else:
             h = F.silu(F.linear(act, self.w_action) + self.time_bias[step].to(dtype))
             x = torch.cat([state_emb, self.action_time_mlp_out(h)], dim=1)
-        scale = self.expert_dims.head_dim ** -0.5
+        k_cache, v_cache = kv
         for i, layer in enumerate(self.expert):
-            if self.pi05:
-                h, gate = _modulate(x, self.ada_layers[i, 0, step])
-            else:
-                h, gate = layer.input_layernorm(x), None
-            q, k, v = layer.self_attn.qkv(h, cos, sin)
-            S = k.shape[2]
-            kv[0, i, :, :, -S:] = k
-            kv[1, i, :, :, -S:] = v
-            out = layer.self_attn.o_proj(attention(q, kv[0, i], kv[1, i], mask, scale, mask.shape[-2] != q.shape[2]))
-            x = x + out if gate is None else x + out * gate
-            if self.pi05:
-                h, gate = _modulate(x, self.ada_layers[i, 1, step])
-            else:
-                h = layer.post_attention_layernorm(x)
-            out = layer.mlp(h)
-            x = x + out if gate is None else x + out * gate
+            ada = self.ada_layers[i, :, step] if self.pi05 else None
+            x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada)
         if self.pi05:
             x, _ = _modulate(x, self.ada_final[step])
         else:

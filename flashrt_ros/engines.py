@@ -1,0 +1,28 @@
+"""One place that turns host parameters into an engine: the built-in planner + actor (engine.py)
+or a LeRobot policy as the actor (lerobot_engine.py). The ROS host and the offline replay both use it."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+
+def engine_factory(model: str) -> tuple[Callable[..., Any], dict]:
+    """(class, extra keyword names it takes beyond the common ones) for the `model` parameter."""
+    if model.startswith("lerobot_"):
+        from flashrt_ros.lerobot_engine import LerobotEngine
+        return LerobotEngine, {"tokenizer"}
+    from flashrt_ros.engine import Engine
+    return Engine, set()
+
+
+def make_engine(config, factory: Callable[..., Any] | None = None):
+    """The engine for a HostConfig. `factory` (tests) replaces the class and gets the common arguments."""
+    cls, extra = (factory, set()) if factory is not None else engine_factory(config.model)
+    kwargs = dict(checkpoint=config.checkpoint or None, preset=config.preset, device=config.device,
+                  seed=config.seed, joint_limits=config.joint_limits,
+                  max_velocity=np.asarray(config.max_velocity, np.float32), planner_pieces=config.planner_pieces,
+                  dtype=config.dtype, compile_actor=config.compile)
+    if "tokenizer" in extra:
+        kwargs["tokenizer"] = config.tokenizer or None
+    return cls(**kwargs)

@@ -1,0 +1,96 @@
+"""π0/π0.5's opt-in compiled layers (Pi0.compile_layers) give the plain network's actions, and each
+layer kind is compiled once, not once per layer or denoise step.
+
+The layers are functions of their weight tensors, so torch.compile's guards see shapes and dtypes,
+never which layer it is: one graph serves every layer of a kind. Checked on the CPU with inductor (the
+backend the GPU uses), on the tiny LeRobot fixtures (2 layers each, 10 denoise steps).
+"""
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+from flashrt_ros.models.lerobot import load_policy
+from flashrt_ros.models.lerobot.pi0 import expert_layer, prefix_layer
+from flashrt_ros.models.lerobot.siglip import VisionLayer
+from flashrt_ros.tools.bench_lerobot import bench_network, network_inputs
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LAYER_KINDS = {"vlm": prefix_layer, "expert": expert_layer, "vision": VisionLayer.forward}
+
+
+def compiled_graphs() -> dict[str, int]:
+    """Graphs dynamo holds per layer function (one per input shape it has seen)."""
+    return {kind: len(_debug_get_cache_entry_list(fn.__code__)) for kind, fn in LAYER_KINDS.items()}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind", ["pi05", "pi0"])
+def test_compiled_layers_give_the_plain_actions_with_one_graph_per_layer_kind(kind):
+    policy = load_policy(FIXTURES / f"lerobot_{kind}_tiny", "cpu", "float32")
+    net = policy.model
+    assert len(net.expert) > 1 and len(net.vision.encoder.layers) > 1 and net.num_steps > 1
+    inputs = list(network_inputs(policy, n_cameras=1).values())
+    with torch.inference_mode():
+        plain = net(*inputs)
+        net.compile_layers()
+        compiled = net(*inputs)
+        again = net(*inputs)
+        assert compiled_graphs() == {"vlm": 1, "expert": 1, "vision": 1}  # not one per layer or step
+        net.compile_layers(False)
+        restored = net(*inputs)
+    assert (compiled - plain).abs().max() <= 1e-5
+    assert torch.equal(again, compiled)
+    assert torch.equal(restored, plain)
+    assert compiled_graphs() == {"vlm": 1, "expert": 1, "vision": 1}  # the plain path compiles nothing
+
+
+def test_a_new_camera_count_compiles_one_more_graph_per_kind_and_keeps_the_first():
+    # guards only, so the quick aot_eager backend (no code generation) is enough here
+    policy = load_policy(FIXTURES / "lerobot_pi05_tiny", "cpu", "float32")
+    net = policy.model.compile_layers(backend="aot_eager")
+    with torch.inference_mode():
+        net(*network_inputs(policy, n_cameras=1).values())
+        net(*network_inputs(policy, n_cameras=2).values())
+        net(*network_inputs(policy, n_cameras=1).values())
+    assert compiled_graphs() == {"vlm": 2, "expert": 2, "vision": 2}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor's CUDA kernels in a captured graph need a GPU")
+@pytest.mark.parametrize("kind", ["pi05", "pi0"])
+def test_on_a_gpu_the_compiled_layers_capture_into_the_chunk_graph_and_match_the_plain_network(kind):
+    # bench-lerobot --compile's own path: plain eager reference, compile, eager warm-up, capture, replay
+    policy = load_policy(FIXTURES / f"lerobot_{kind}_tiny", "cuda", "bfloat16")
+    r = bench_network(policy, n_cameras=1, iters=3, bandwidth=1e12, compiled=True)
+    assert r["graph_equals_compiled_eager"]       # the capture replays what the compiled network computes
+    assert r["graph_vs_eager_cos"] >= 0.9999      # ... which is the plain network's answer (bf16 gate)
+
+
+def test_the_engine_keeps_the_compiled_path_only_behind_its_gate():
+    """`compile: true` in the host: the engine compiles before capture, checks the compiled network
+    against the plain one on seeded inputs, says so in its notes, and its chunks equal the plain
+    engine's (fp32 CPU)."""
+    import numpy as np
+
+    from flashrt_ros.lerobot_engine import LerobotEngine
+
+    ckpt = FIXTURES / "lerobot_pi05_tiny"
+    plain, fast = LerobotEngine(ckpt, device="cpu"), LerobotEngine(ckpt, device="cpu", compile_actor=True)
+    assert plain.notes == [] and len(fast.notes) == 1 and fast.notes[0].startswith("compile: layers compiled")
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+    q = rng.normal(size=7).astype(np.float32)
+    chunks = []
+    for engine in (plain, fast):
+        engine.set_task("pick up the red cube")
+        chunks.append(engine.act(images, ["rgb8", "rgb8"], q, chunk_seq=3).positions)
+    np.testing.assert_allclose(chunks[1], chunks[0], rtol=0, atol=1e-5)
+    assert float(np.abs(chunks[0]).max()) > 0.1     # a real chunk, not zeros
