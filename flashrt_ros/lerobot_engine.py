@@ -250,6 +250,9 @@ def camera_tensor(image, encoding: str, device: torch.device) -> torch.Tensor:
     """A camera image (H, W, C) uint8 in any supported encoding -> float32 RGB [3, H, W] in [0, 1]
     (LeRobot's convention: divide first, then resize)."""
     height, width, channels, _ = image_layout(image, encoding)
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).reshape(height, width, channels)
+    pixels = np.ascontiguousarray(image)
+    if not pixels.flags.writeable:      # e.g. decoded from a bag: torch wants a writable buffer
+        pixels = pixels.copy()
+    pixels = torch.from_numpy(pixels).reshape(height, width, channels)
     rgb = pixels[..., list(ENCODINGS[encoding].rgb)].permute(2, 0, 1)
     return rgb.to(device, non_blocking=True).to(torch.float32) / 255.0

@@ -113,13 +113,21 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
     episode = 1 if running else 0
     task = config.task
     if task:
-        engine.set_task(task)
+        set_task(task, inputs.start_ns - 1)          # at configure: sim time is the first /clock
     plan_due, since_plan = True, 0
     coached_until = -math.inf
     chunk_seq, acted = 0, -1
 
     def publish_subtask(state, now_ns):
         out.subtasks.append(SubtaskChange(now_ns, state.text, state.version, state.source))
+
+    def set_task(text: str, now_ns: int) -> None:
+        """Engines without a planner (LeRobot policies) make the task the subtask: the host
+        publishes it then (PolicyLoop._set_engine_task)."""
+        before = engine.subtask.version
+        engine.set_task(text)
+        if engine.subtask.version != before:
+            publish_subtask(engine.subtask, now_ns)
 
     def cycle(now_ns: int, frame: bool) -> None:
         """What an accepted camera or joint-state input does: one chunk per new complete observation.
@@ -182,7 +190,7 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
             try:
                 if text is None:
                     raise ValueError("empty or oversized")
-                engine.set_task(text)
+                set_task(text, now_ns)
             except ValueError as err:
                 out.rejected.append((now_ns, f"task: {err}"))
                 continue
@@ -217,7 +225,7 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
             coached_until, acted = -math.inf, -1
             task = config.task
             if task:
-                engine.set_task(task)
+                set_task(task, now_ns)
             plan_due = True
             if running:
                 episode, interrupted = episode + 1, False

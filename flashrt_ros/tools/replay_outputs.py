@@ -92,7 +92,10 @@ def decode_output(bag_or_store, topic: str, raw: bytes, out: Outputs) -> None:
     elif topic == TRAJECTORY_TOPIC:
         t0 = stamp_ns(msg.header.stamp)
         times = np.array([t0 + stamp_ns(p.time_from_start) for p in msg.points], np.int64)
-        pos = np.array([np.asarray(p.positions, np.float64) for p in msg.points]).reshape(len(msg.points), -1)
+        if msg.points:
+            pos = np.array([np.asarray(p.positions, np.float64) for p in msg.points]).reshape(len(msg.points), -1)
+        else:                            # the host's stop when it knows no position: hold where you are
+            pos = np.zeros((0, len(msg.joint_names)), np.float64)
         out.trajectories.append(Trajectory(t0, times, pos))
     else:
         out.subtasks.append(SubtaskChange(stamp_ns(msg.stamp), msg.text, int(msg.version),
