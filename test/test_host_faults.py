@@ -50,6 +50,11 @@ def chunks_stop_and_a_stop_is_published(robot, t0):
 
 @pytest.mark.parametrize("source", ["camera", "joints"])
 def test_stale_input_stops_chunks_publishes_a_stop_and_fresh_input_resumes(host, robot, episode, source):
+    # A stop is owed only while a trajectory of ours may be running: start from trajectories flowing (on
+    # this 2-core machine the host can stall for seconds; a chunk answered too late sends no trajectory).
+    t_flow = time.monotonic()
+    assert wait_for(lambda: any(not is_stop(t, robot) for t in robot.since("trajectories", t_flow)), 30.0), \
+        "no trajectory sent"
     stale_events = host.loop.stale_events
     t0 = time.monotonic()
     if source == "camera":
