@@ -43,6 +43,59 @@ class ChunkResult:
     latency_s: float           # inputs in -> chunk on the host
 
 
+def check_text(text: str, what: str) -> None:
+    """Task and coaching text: non-empty, at most MAX_TEXT_BYTES of UTF-8."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} is empty")
+    if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes, over the {MAX_TEXT_BYTES}-byte limit")
+
+
+def check_joints(joint_positions, state_dim: int) -> np.ndarray:
+    """The joint state as float32 [state_dim], or a ValueError naming what is wrong."""
+    q = np.asarray(joint_positions, dtype=np.float32).reshape(-1)
+    if q.shape != (state_dim,):
+        raise ValueError(f"joint state has {q.shape[0]} values, the policy takes {state_dim}")
+    if not np.all(np.isfinite(q)):
+        raise ValueError(f"joint state is not finite: {q.tolist()}")
+    return q
+
+
+class ChunkIO:
+    """What every engine does around its actor graph: the flow-matching noise into "actor.noise",
+    drawn on the CPU from (seed, chunk_seq) so a chunk is the same on every device and in every
+    replay; after the replay, the postprocess kernel on "actor.actions" and one pinned D2H copy of
+    positions, velocities, the non-finite flag and the subtask version the graph read."""
+
+    def __init__(self, buffers: BufferSet, postprocess: Postprocessor, seed: int):
+        self.buffers, self.postprocess, self.seed = buffers, postprocess, int(seed)
+        on_gpu = buffers.device.type == "cuda"
+        H, D = buffers["actor.actions"].shape[-2:]
+        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
+        self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
+        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)  # same dtype: no conversion
+        self._noise_gen = torch.Generator()
+        self._noise_host = torch.empty(tuple(buffers["actor.noise"].shape), dtype=torch.float32)
+
+    def write_noise(self, chunk_seq: int, stream) -> None:
+        self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
+        torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
+        self.buffers.write("actor.noise", self._noise_host, stream=stream)
+
+    def fetch(self, q: np.ndarray, stream) -> tuple[np.ndarray, np.ndarray, bool, int]:
+        """(positions, velocities, nonfinite, subtask version read by the graph) on the host."""
+        with _on(stream):
+            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
+            self._host_out[0].copy_(out.positions, non_blocking=True)
+            self._host_out[1].copy_(out.velocities, non_blocking=True)
+            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
+            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
+        if stream is not None:
+            stream.synchronize()
+        return (self._host_out[0].numpy().copy(), self._host_out[1].numpy().copy(),
+                bool(self._host_nonfinite[0] != 0), int(self._host_version[0]))
+
+
 class Engine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "reference", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
@@ -96,13 +149,7 @@ class Engine:
         self.preprocess = Preprocessor(S, n, self.device)
         self.postprocess = Postprocessor(self.actor.action_mean.float().cpu(), self.actor.action_std.float().cpu(),
                                          limits, vmax, cfg.chunk_dt, H, self.device)
-        # chunk outputs land here: positions, velocities (pinned on a GPU), then flags
-        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
-        self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
-        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)  # same dtype: no conversion
-        # Noise is drawn on the CPU (a few hundred floats) so a chunk is the same on every device.
-        self._noise_gen = torch.Generator()
-        self._noise_host = torch.empty((1, H, D), dtype=torch.float32)
+        self.chunk_io = ChunkIO(b, self.postprocess, self.seed)
 
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
@@ -160,7 +207,7 @@ class Engine:
 
     # --- episode / task / coaching ---------------------------------------------------------------
     def set_task(self, text: str) -> None:
-        self._check_text(text, "task")
+        check_text(text, "task")
         tokens = self.tokenizer.encode(text, self.config.task_len)
         self.buffers.write("planner.task", tokens[None], stream=self.planner_stream)
         self._task_text = text
@@ -175,7 +222,7 @@ class Engine:
 
     def coach(self, text: str, source: str = "coach") -> SubtaskState:
         """Write a subtask into the shared buffer at once (no recapture); the next chunk uses it."""
-        self._check_text(text, "coaching text")
+        check_text(text, "coaching text")
         tokens = self.tokenizer.encode(text, self.config.text_len)
         if self.config.subtasks and text.strip().lower() not in self.config.subtasks:
             unknown = [w for w in self.tokenizer.words(text) if w not in self.tokenizer.vocabulary]
@@ -199,13 +246,6 @@ class Engine:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-    @staticmethod
-    def _check_text(text: str, what: str) -> None:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{what} is empty")
-        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-            raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes, over the {MAX_TEXT_BYTES}-byte limit")
 
     # --- planner ---------------------------------------------------------------------------------
     def planner_pieces(self, get_images: Callable[[], tuple[Sequence[np.ndarray], Sequence[str]] | None],
@@ -266,32 +306,16 @@ class Engine:
             chunk_seq: int = 0) -> ChunkResult:
         """One action chunk from one observation: one graph replay for encode + all denoise steps."""
         t0 = time.perf_counter()
-        q = np.asarray(joint_positions, dtype=np.float32).reshape(-1)
-        if q.shape != (self.config.state_dim,):
-            raise ValueError(f"joint state has {q.shape[0]} values, the policy takes {self.config.state_dim}")
-        if not np.all(np.isfinite(q)):
-            raise ValueError(f"joint state is not finite: {q.tolist()}")
+        q = check_joints(joint_positions, self.config.state_dim)
         stream = self.actor_stream
         self._load_images("actor.images", images, encodings, stream=stream)
         self.buffers.write("actor.state", q[None], stream=stream)
-        # Noise depends only on (seed, chunk_seq): replays of the same inputs give the same chunk.
-        self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
-        torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
-        self.buffers.write("actor.noise", self._noise_host, stream=stream)
+        self.chunk_io.write_noise(chunk_seq, stream)
         self.actor_graph.replay()
-        with _on(stream):
-            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
-            self._host_out[0].copy_(out.positions, non_blocking=True)
-            self._host_out[1].copy_(out.velocities, non_blocking=True)
-            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
-            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
-        if stream is not None:
-            stream.synchronize()
-        version = int(self._host_version[0])
+        positions, velocities, nonfinite, version = self.chunk_io.fetch(q, stream)
         return ChunkResult(
-            chunk_seq=int(chunk_seq), positions=self._host_out[0].numpy().copy(),
-            velocities=self._host_out[1].numpy().copy(), dt=self.config.chunk_dt, subtask_version=version,
-            subtask_text=self._subtask_texts.get(version, ""), nonfinite=bool(self._host_nonfinite[0] != 0),
+            chunk_seq=int(chunk_seq), positions=positions, velocities=velocities, dt=self.config.chunk_dt,
+            subtask_version=version, subtask_text=self._subtask_texts.get(version, ""), nonfinite=nonfinite,
             latency_s=time.perf_counter() - t0)
 
     def _load_images(self, name: str, images: Sequence[np.ndarray], encodings: Sequence[str], stream) -> None:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .engine import MAX_TEXT_BYTES, ChunkResult, _on
+from .engine import ChunkIO, ChunkResult, _on, check_joints, check_text
 from .models.lerobot import load_policy
 from .models.lerobot.loader import PolicyDirError
 from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
@@ -99,11 +99,7 @@ class LerobotEngine:
         # unnormalise (x * scale + offset), clamp, velocities: one kernel (the reference's post)
         self.postprocess = Postprocessor(offset.numpy(), scale.numpy(), limits, vmax, self.config.chunk_dt,
                                          H, self.device)
-        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
-        self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
-        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)
-        self._noise_gen = torch.Generator()
-        self._noise_host = torch.empty(tuple(b["actor.noise"].shape), dtype=torch.float32)
+        self.chunk_io = ChunkIO(b, self.postprocess, self.seed)
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
             reads=["actor.images", "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state"],
@@ -148,7 +144,7 @@ class LerobotEngine:
     # --- task / coaching -----------------------------------------------------------------------------
     def set_task(self, text: str) -> None:
         """The task is the first subtask (a LeRobot policy has no planner)."""
-        self._check_text(text, "task")
+        check_text(text, "task")
         self._task_text = text
         self._publish(text, "operator")   # the operator's task is the subtask
 
@@ -161,7 +157,7 @@ class LerobotEngine:
         return self.channel.state if self.prompt_in_channel else self._subtask
 
     def coach(self, text: str, source: str = "coach") -> SubtaskState:
-        self._check_text(text, "coaching text")
+        check_text(text, "coaching text")
         return self._publish(text, source)
 
     def _publish(self, text: str, source: str) -> SubtaskState:
@@ -192,23 +188,12 @@ class LerobotEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    @staticmethod
-    def _check_text(text: str, what: str) -> None:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{what} is empty")
-        if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-            raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes, over the {MAX_TEXT_BYTES}-byte limit")
-
     # --- the actor -----------------------------------------------------------------------------------
     def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
             chunk_seq: int = 0) -> ChunkResult:
         t0 = time.perf_counter()
         p = self.policy
-        q = np.asarray(joint_positions, dtype=np.float32).reshape(-1)
-        if q.shape != (p.state_dim,):
-            raise ValueError(f"joint state has {q.shape[0]} values, the policy takes {p.state_dim}")
-        if not np.all(np.isfinite(q)):
-            raise ValueError(f"joint state is not finite: {q.tolist()}")
+        q = check_joints(joint_positions, p.state_dim)
         if len(images) != self.config.n_cameras or len(encodings) != len(images):
             raise ValueError(f"the policy takes {self.config.n_cameras} camera image(s) {p.camera_keys}, got "
                              f"{len(images)} images and {len(encodings)} encodings")
@@ -223,27 +208,16 @@ class LerobotEngine:
         with _on(stream):
             cams = [camera_tensor(img, enc, self.device) for img, enc in zip(images, encodings)]
             self.buffers["actor.images"].copy_(p.model.prepare_images([c[None] for c in cams]))
-        self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
-        torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
-        self.buffers.write("actor.noise", self._noise_host, stream=stream)
+        self.chunk_io.write_noise(chunk_seq, stream)
         self.actor_graph.replay()
-        with _on(stream):
-            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
-            self._host_out[0].copy_(out.positions, non_blocking=True)
-            self._host_out[1].copy_(out.velocities, non_blocking=True)
-            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
-            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
-        if stream is not None:
-            stream.synchronize()
+        positions, velocities, nonfinite, version = self.chunk_io.fetch(q, stream)
         if self.prompt_in_channel:
-            version = int(self._host_version[0])
             text = self.channel.state.text if version == self.channel.state.version else ""
         else:
             version, text = subtask.version, subtask.text
-        return ChunkResult(
-            chunk_seq=int(chunk_seq), positions=self._host_out[0].numpy().copy(),
-            velocities=self._host_out[1].numpy().copy(), dt=self.config.chunk_dt, subtask_version=version,
-            subtask_text=text, nonfinite=bool(self._host_nonfinite[0] != 0), latency_s=time.perf_counter() - t0)
+        return ChunkResult(chunk_seq=int(chunk_seq), positions=positions, velocities=velocities,
+                           dt=self.config.chunk_dt, subtask_version=version, subtask_text=text, nonfinite=nonfinite,
+                           latency_s=time.perf_counter() - t0)
 
 
 def camera_tensor(image, encoding: str, device: torch.device) -> torch.Tensor:
