@@ -40,6 +40,14 @@ def episode(host, robot):
     return fresh_episode(robot)
 
 
+def trajectories_flow(robot) -> bool:
+    """A stop is owed only while a trajectory of ours may be running: tests of stops start from
+    trajectories flowing (on a 2-core machine the host can stall for seconds, and a chunk answered
+    too late sends no trajectory)."""
+    t0 = time.monotonic()
+    return wait_for(lambda: any(not is_stop(t, robot) for t in robot.since("trajectories", t0)), 30.0)
+
+
 def chunks_stop_and_a_stop_is_published(robot, t0):
     assert wait_for(lambda: any(is_stop(t, robot) for t in robot.since("trajectories", t0)), 10.0), "no stop published"
     time.sleep(0.2)
@@ -50,11 +58,7 @@ def chunks_stop_and_a_stop_is_published(robot, t0):
 
 @pytest.mark.parametrize("source", ["camera", "joints"])
 def test_stale_input_stops_chunks_publishes_a_stop_and_fresh_input_resumes(host, robot, episode, source):
-    # A stop is owed only while a trajectory of ours may be running: start from trajectories flowing (on
-    # this 2-core machine the host can stall for seconds; a chunk answered too late sends no trajectory).
-    t_flow = time.monotonic()
-    assert wait_for(lambda: any(not is_stop(t, robot) for t in robot.since("trajectories", t_flow)), 30.0), \
-        "no trajectory sent"
+    assert trajectories_flow(robot)
     stale_events = host.loop.stale_events
     t0 = time.monotonic()
     if source == "camera":
@@ -156,6 +160,7 @@ def test_a_planner_exception_keeps_the_actor_on_the_last_good_subtask_and_report
 
 
 def test_nan_from_the_model_never_leaves_the_node(host, robot, episode):
+    assert trajectories_flow(robot)
     bias = host.loop.engine.actor.action_out.bias
     saved = bias.detach().clone()
     rejected = host.loop.rejected_chunks
