@@ -31,6 +31,9 @@ import pytest
 # reference model is tiny, and two spinning OpenMP threads beside the ROS executor, the
 # dispatcher and a second process on 2 cores slowed chunks down by an order of magnitude.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# inductor (test_lerobot_compile) compiles in this process: no pool of compile workers left running
+# beside the DDS tests that follow on a 2-core machine
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 _DOMAIN_LOCK_DIR = os.path.join(tempfile.gettempdir(), "flashrt_ros_test_domains")
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch._dynamo
-from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.models.lerobot.pi0 import expert_layer, prefix_layer
@@ -23,11 +21,14 @@ LAYER_KINDS = {"vlm": prefix_layer, "expert": expert_layer, "vision": VisionLaye
 
 def compiled_graphs() -> dict[str, int]:
     """Graphs dynamo holds per layer function (one per input shape it has seen)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     return {kind: len(_debug_get_cache_entry_list(fn.__code__)) for kind, fn in LAYER_KINDS.items()}
 
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
+    # imported here, not at collection: the host tests that run before keep a lean process
+    import torch._dynamo
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
