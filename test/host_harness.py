@@ -21,10 +21,10 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from flashrt_ros.msg import ActionChunk, Subtask
-from flashrt_ros.nodes.conversions import image_to_msg, joint_state_to_msg, ns_to_stamp, stamp_to_ns
-from flashrt_ros.nodes.host import Host
-from flashrt_ros.nodes.params import load_config
-from flashrt_ros.world import JOINT_NAMES, TabletopWorld
+from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, ns_to_stamp, stamp_to_ns
+from flashrt_ros.ros.host import Host
+from flashrt_ros.host.params import load_config
+from flashrt_ros.sim import JOINT_NAMES, TabletopWorld
 
 # FLASHRT_TEST_CKPT: a checkpoint directory to use instead of the shipped reference weights.
 CHECKPOINT = os.environ.get("FLASHRT_TEST_CKPT", "")

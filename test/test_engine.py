@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from flashrt_ros.engine import Engine
-from flashrt_ros.world import TabletopWorld
+from flashrt_ros.engines.builtin import Engine
+from flashrt_ros.sim import TabletopWorld
 
 LIMITS = np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)
 VMAX = np.array([0.5, 0.5], np.float32)

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def scene():
-    from flashrt_ros.world import TabletopWorld
+    from flashrt_ros.sim import TabletopWorld
     world = TabletopWorld()
     obs = world.reset(7)
     return world, obs
@@ -19,7 +19,7 @@ def scene():
 
 def _engine(device, **kw):
     import os
-    from flashrt_ros.engine import Engine
+    from flashrt_ros.engines.builtin import Engine
     return Engine(checkpoint=os.environ.get("FLASHRT_TEST_CKPT"), device=device, joint_limits=np.array([[0, 1], [0, 1]], np.float32),
                   max_velocity=np.array([0.5, 0.5], np.float32), **kw)
 

@@ -14,7 +14,7 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from sensor_msgs.msg import JointState
 
-from flashrt_ros.nodes.conversions import image_to_msg, joint_state_to_msg
+from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg
 from host_harness import InProcessHost, Robot, fresh_episode, host_config, is_stop, wait_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,11 +10,11 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from flashrt_ros.msg import Subtask
-from flashrt_ros.nodes.conversions import (InputError, action_chunk_msg, hold_trajectory_msg, image_from_compressed,
+from flashrt_ros.ros.conversions import (InputError, action_chunk_msg, hold_trajectory_msg, image_from_compressed,
                                            image_from_msg, image_to_msg, joint_positions_from_msg,
                                            joint_trajectory_msg, stamp_to_ns, subtask_msg, text_from_msg)
-from flashrt_ros.nodes.inputs import Frame, LatestInputs, Observation, Stale
-from flashrt_ros.nodes.params import ConfigError, load_config, parse_host_args, read_params_file
+from flashrt_ros.host.inputs import Frame, LatestInputs, Observation, Stale
+from flashrt_ros.host.params import ConfigError, load_config, parse_host_args, read_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_broken_params_files_are_refused_clearly(tmp_path, text, message):
 
 
 def test_host_main_reports_a_bad_parameter_and_exits_2(capsys):
-    from flashrt_ros.nodes.host import main
+    from flashrt_ros.ros.host import main
     assert main(["--set", "actor_hz=0"]) == 2
     assert "'actor_hz' = 0.0" in capsys.readouterr().err
     assert main(["--bogus"]) == 2
@@ -283,7 +283,7 @@ def test_help_lists_every_parameter(capsys):
 
 # --- overlap policy ------------------------------------------------------------------------------
 def test_blend_cross_fades_from_the_previous_chunk_over_blend_steps():
-    from flashrt_ros.nodes.policy_loop import PolicyLoop
+    from flashrt_ros.host.loop import PolicyLoop
     loop = PolicyLoop(load_config([], env={}, cli=[("overlap_policy", "blend"), ("blend_steps", "3")]))
     loop.dt = 0.1
     H = 8

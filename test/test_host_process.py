@@ -47,7 +47,7 @@ def finish(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20.0) -> 
 def read_bag(path):
     from rosbags.rosbag2 import Reader
 
-    from flashrt_ros.nodes.recorder import bag_typestore
+    from flashrt_ros.host.recorder import bag_typestore
     store = bag_typestore()
     counts, chunks = {}, []
     with Reader(path) as reader:

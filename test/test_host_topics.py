@@ -11,7 +11,7 @@ import pytest
 from diagnostic_msgs.msg import DiagnosticStatus
 
 from flashrt_ros.msg import Subtask
-from flashrt_ros.world import JOINT_NAMES
+from flashrt_ros.sim import JOINT_NAMES
 from host_harness import (InProcessHost, Robot, fresh_episode, host_config, is_stop, stamp_to_ns,
                           trajectory_times, wait_for)
 

@@ -81,7 +81,7 @@ def test_the_engine_keeps_the_compiled_path_only_behind_its_gate():
     engine's (fp32 CPU)."""
     import numpy as np
 
-    from flashrt_ros.lerobot_engine import LerobotEngine
+    from flashrt_ros.engines.lerobot import LerobotEngine
 
     ckpt = FIXTURES / "lerobot_pi05_tiny"
     plain, fast = LerobotEngine(ckpt, device="cpu"), LerobotEngine(ckpt, device="cpu", compile_actor=True)

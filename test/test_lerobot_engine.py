@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flashrt_ros.lerobot_engine import LerobotEngine
+from flashrt_ros.engines.lerobot import LerobotEngine
 from flashrt_ros.models.lerobot import PolicyDirError, load_policy
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -14,9 +14,9 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from sensor_msgs.msg import Image
 
 from flashrt_ros.msg import Subtask
-from flashrt_ros.nodes.conversions import image_to_msg, joint_state_to_msg
-from flashrt_ros.nodes.params import ConfigError
-from flashrt_ros.nodes.policy_loop import PolicyLoop
+from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg
+from flashrt_ros.host.params import ConfigError
+from flashrt_ros.host.loop import PolicyLoop
 from host_harness import (InProcessHost, Robot, fresh_episode, host_config, is_stop, stamp_to_ns, trajectory_times,
                           wait_for)
 from test_host_faults import chunks_stop_and_a_stop_is_published

@@ -9,7 +9,7 @@ import torch
 
 from flashrt_ros.models import (PRESETS, Actor, CheckpointError, ModelConfig, Planner, WordTokenizer,
                                 load_checkpoint, save_checkpoint)
-from flashrt_ros.world import SUBTASKS
+from flashrt_ros.sim import SUBTASKS
 
 TINY = dataclasses.replace(PRESETS["reference"], name="tiny", vision_width=16, prefix_width=16, expert_width=16,
                            vision_layers=1, prefix_layers=1, expert_layers=1, planner_layers=1, horizon=6,

@@ -21,9 +21,9 @@ from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from flashrt_ros.msg import ActionChunk, Subtask  # noqa: E402
-from flashrt_ros.nodes.conversions import action_chunk_msg, image_to_msg, joint_state_to_msg, subtask_msg  # noqa: E402
-from flashrt_ros.nodes.conversions import seconds_to_duration  # noqa: E402
-from flashrt_ros.nodes.recorder import EpisodeRecorder, RecorderError, bag_typestore  # noqa: E402
+from flashrt_ros.ros.conversions import action_chunk_msg, image_to_msg, joint_state_to_msg, subtask_msg  # noqa: E402
+from flashrt_ros.ros.conversions import seconds_to_duration  # noqa: E402
+from flashrt_ros.host.recorder import EpisodeRecorder, RecorderError, bag_typestore  # noqa: E402
 
 TOPICS = {
     "/camera/top/image_raw": Image,
@@ -154,7 +154,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from sensor_msgs.msg import JointState
     from flashrt_ros.msg import ActionChunk
-    from flashrt_ros.nodes.recorder import EpisodeRecorder
+    from flashrt_ros.host.recorder import EpisodeRecorder
 
     topics = {"/joint_states": JointState, "/flashrt/action_chunk": ActionChunk}
     with EpisodeRecorder(sys.argv[1], 7, topics) as rec:   # flushes after every ActionChunk

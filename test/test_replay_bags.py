@@ -12,7 +12,7 @@ from rosbags.rosbag2 import Reader
 from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 
-from flashrt_ros.nodes.params import load_config
+from flashrt_ros.host.params import load_config
 from flashrt_ros.tools import replay
 from flashrt_ros.tools.bags import Bag, BagError
 from flashrt_ros.tools.make_fixture_bag import BAG_EPOCH_NS, COMMAND_TOPIC, UNKNOWN_TOPIC

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashrt_ros.nodes.params import load_config
+from flashrt_ros.host.params import load_config
 from flashrt_ros.tools import replay
 from flashrt_ros.tools.make_fixture_bag import (BAG_EPOCH_NS, FixtureSpec, _Bag, _header, _image_msg, _qos,
                                                 _typestore)

@@ -96,7 +96,7 @@ def test_lockstep_host_calls_the_engine_exactly_as_the_offline_reference(env, mo
     """Observation trigger: every new complete observation runs the planner (first after the task
     and after /flashrt/start, then every planner_every observations) and then the actor, in the
     callback that completed it. The host's sequence of engine calls equals the offline one."""
-    import flashrt_ros.engine as engine_module
+    import flashrt_ros.engines.builtin as engine_module
 
     calls: list[tuple] = []
 

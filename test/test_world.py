@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from flashrt_ros.world import (COLOURS, SUBTASKS, CoachEvent, ExpertPolicy, TabletopWorld, WorldConfig,
+from flashrt_ros.sim import (COLOURS, SUBTASKS, CoachEvent, ExpertPolicy, TabletopWorld, WorldConfig,
                                expert_chunk, expert_subtask, run_episode)
-from flashrt_ros.world.tabletop import COLOUR_RGB, TABLE_RGB
+from flashrt_ros.sim.tabletop import COLOUR_RGB, TABLE_RGB
 
 
 def pixel(world, point):

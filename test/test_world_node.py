@@ -18,10 +18,10 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from flashrt_ros.nodes.conversions import seconds_to_duration, stamp_to_ns  # noqa: E402
-from flashrt_ros.nodes.world_node import LATCHED, LockstepGate, WorldNode, trajectory_from_points  # noqa: E402
-from flashrt_ros.world import ExpertPolicy, TabletopWorld, expert_chunk, run_episode  # noqa: E402
-from flashrt_ros.world.tabletop import colour_of, subtask_for  # noqa: E402
+from flashrt_ros.ros.conversions import seconds_to_duration, stamp_to_ns  # noqa: E402
+from flashrt_ros.sim.world_node import LATCHED, LockstepGate, WorldNode, trajectory_from_points  # noqa: E402
+from flashrt_ros.sim import ExpertPolicy, TabletopWorld, expert_chunk, run_episode  # noqa: E402
+from flashrt_ros.sim.tabletop import colour_of, subtask_for  # noqa: E402
 
 DT = 0.05
 
@@ -72,7 +72,7 @@ def line_trajectory(start, goal, stamp, joint_names=("joint_x", "joint_y"), poin
 
 
 def expert_line(start, goal, points):
-    from flashrt_ros.world import straight_line_chunk
+    from flashrt_ros.sim import straight_line_chunk
     return straight_line_chunk(start, goal, points, 0.5 * DT)
 
 

@@ -1,5 +1,5 @@
 """The eager policy: models + tokenizer + pre/post-processing as the `act` / `plan` callables of
-`flashrt_ros.world.run_episode`. CPU reference path (the GPU engine replaces it, same numbers).
+`flashrt_ros.sim.run_episode`. CPU reference path (the GPU engine replaces it, same numbers).
 
 Observations are duck-typed: `obs.images` (camera name -> (S, S, 3) uint8, in `camera_names`
 order) and `obs.joint_positions` (state_dim,).

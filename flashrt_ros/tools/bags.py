@@ -22,7 +22,7 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import get_types_from_msg
 from rosbags.typesys.store import Typestore
 
-from flashrt_ros.nodes.recorder import new_typestore
+from flashrt_ros.host.recorder import new_typestore
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 SERVICE_EVENT_SUFFIX = "/_service_event"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashrt_ros.engine import Engine
+from flashrt_ros.engines.builtin import Engine
 from flashrt_ros.runtime import BufferSet, CapsuleStore, MultiRateScheduler, Task
 
 

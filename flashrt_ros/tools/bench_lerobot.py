@@ -78,7 +78,7 @@ def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: 
 
 
 def bench_act(checkpoint: str, device: str, dtype: str, iters: int, compiled: bool = False) -> dict:
-    from flashrt_ros.lerobot_engine import LerobotEngine
+    from flashrt_ros.engines.lerobot import LerobotEngine
     engine = LerobotEngine(checkpoint, device=device, dtype=dtype, compile_actor=compiled)
     rng = np.random.default_rng(0)
     c = engine.config

@@ -31,8 +31,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from flashrt_ros.msg import ActionChunk
-from flashrt_ros.nodes.conversions import image_to_msg, joint_state_to_msg, stamp_to_ns
-from flashrt_ros.world import JOINT_NAMES, TabletopWorld
+from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, stamp_to_ns
+from flashrt_ros.sim import JOINT_NAMES, TabletopWorld
 
 
 class CameraRig:

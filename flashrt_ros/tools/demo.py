@@ -2,7 +2,7 @@
 
     flashrt-ros demo [--episodes 12] [--speed 2] [--out out/demo] [--checkpoint DIR] [--realtime]
 
-The reference world runs as a ROS node in this process (`flashrt_ros.nodes.world_node`); the host
+The reference world runs as a ROS node in this process (`flashrt_ros.sim.world_node`); the host
 runs as its own process (`flashrt-ros host`), as on a robot; they meet only through topics and
 services. A director node in this process runs seeded episodes (/world/reset with the `seed`
 parameter, /flashrt/stop, /flashrt/reset, /flashrt/start), coaches one episode ("go to <the colour
@@ -46,8 +46,8 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from flashrt_ros.msg import ActionChunk, Subtask
-from flashrt_ros.nodes.conversions import stamp_to_ns
-from flashrt_ros.nodes.world_node import LATCHED, WorldNode
+from flashrt_ros.ros.conversions import stamp_to_ns
+from flashrt_ros.sim.world_node import LATCHED, WorldNode
 
 WORLD_ACTOR_HZ = 10.0  # chunks per world second: run_episode's actor_period_steps=2 at dt 0.05
 WORLD_PLANNER_HZ = 2.0  # planner_period_steps=10
@@ -450,7 +450,7 @@ def plot(episodes: list[Episode], in_process: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 
-    from flashrt_ros.world.tabletop import COLOUR_RGB
+    from flashrt_ros.sim.tabletop import COLOUR_RGB
 
     cols = min(4, max(1, len(episodes)))
     rows = math.ceil(len(episodes) / cols)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..models import REFERENCE_WEIGHTS, EagerPolicy
-from ..world import CoachEvent, EpisodeResult, ExpertPolicy, TabletopWorld, WorldConfig, expert_subtask, run_episode
+from ..sim import CoachEvent, EpisodeResult, ExpertPolicy, TabletopWorld, WorldConfig, expert_subtask, run_episode
 
 HELD_OUT_SEED_START = 1_000_000
 

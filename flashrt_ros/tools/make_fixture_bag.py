@@ -24,8 +24,8 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_types_from_msg
 
-from flashrt_ros.nodes.recorder import bag_typestore
-from flashrt_ros.world import JOINT_NAMES, ExpertPolicy, TabletopWorld, WorldConfig, expert_subtask
+from flashrt_ros.host.recorder import bag_typestore
+from flashrt_ros.sim import JOINT_NAMES, ExpertPolicy, TabletopWorld, WorldConfig, expert_subtask
 
 BAG_EPOCH_NS = 1_700_000_000 * 10**9        # bag time of world time 0 (a plausible wall-clock date)
 COMMAND_TOPIC = "/joint_trajectory_controller/joint_trajectory"

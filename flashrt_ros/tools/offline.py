@@ -6,7 +6,7 @@ with its own code: decoding, joint matching by name, staleness, the planner ever
 observations, coaching, interrupt and the episode services. Its chunks must equal the chunks the
 host publishes over DDS, value for value: the ROS path adds nothing and loses nothing.
 
-Deliberately independent of flashrt_ros.nodes (an error in the host's conversions or loop shows
+Deliberately independent of flashrt_ros.ros (an error in the host's conversions or loop shows
 up as a difference) except for the input synchronisation rules — latest-within-slop, staleness and
 "a new complete observation" — which are pure policy and reused (`LatestInputs`, no ROS in it).
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flashrt_ros.nodes.inputs import Frame, LatestInputs, Stale
+from flashrt_ros.host.inputs import Frame, LatestInputs, Stale
 from flashrt_ros.runtime.kernels import image_from_buffer
 
 from .bags import Bag
@@ -84,7 +84,7 @@ def _text(raw_text: str) -> str | None:
 
 
 def make_engine(config):
-    from flashrt_ros.engines import make_engine as make
+    from flashrt_ros.engines.factory import make_engine as make
     return make(config)
 
 

@@ -96,7 +96,7 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 def host_config(args, bag: Bag, mode: str):
     """(HostConfig, TopicMap): the params file + env + --set, then what replay needs: the camera
     topics and transports the bag has, lock-step triggering, no episode recording."""
-    from flashrt_ros.nodes.params import SPECS, load_config
+    from flashrt_ros.host.params import SPECS, load_config
 
     user = _pairs(args.set, "--set")
     if args.task is not None:
@@ -227,7 +227,7 @@ class RosReplay:
         from trajectory_msgs.msg import JointTrajectory
 
         from flashrt_ros.msg import ActionChunk, Subtask
-        from flashrt_ros.nodes.host import Host
+        from flashrt_ros.ros.host import Host
 
         self.host_ctx, self.player_ctx = rclpy.Context(), rclpy.Context()
         rclpy.init(args=["--ros-args", "-p", "use_sim_time:=true"], context=self.host_ctx)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from flashrt_ros.nodes.recorder import exact_cdr
+from flashrt_ros.host.recorder import exact_cdr
 
 from .bags import Bag, BagError, stamp_ns
 

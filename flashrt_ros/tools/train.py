@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import Actor, ModelConfig, Planner, WordTokenizer, images_to_model, save_checkpoint
-from ..world import TabletopWorld, WorldConfig, expert_chunk, subtask_for
+from ..sim import TabletopWorld, WorldConfig, expert_chunk, subtask_for
 
 TRAIN_SEED_LIMIT = 100_000
 

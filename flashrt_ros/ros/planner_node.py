@@ -15,8 +15,8 @@ from std_msgs.msg import String
 from flashrt_ros.msg import Subtask
 
 from .conversions import InputError, text_from_msg
-from .params import declare_host_parameters, host_parameter_overrides
-from .policy_loop import PolicyLoop
+from flashrt_ros.host.params import declare_host_parameters, host_parameter_overrides
+from flashrt_ros.host.loop import PolicyLoop
 
 TASK_TOPIC = "flashrt/task"
 COACH_TOPIC = "flashrt/coach"

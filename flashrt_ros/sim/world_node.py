@@ -19,7 +19,7 @@ Time, parameter `time_mode`:
   stopped, crashed) is waited for `lockstep_timeout` seconds, then the world free-runs at real-time
   pace until a trajectory arrives again.
 
-The world logic lives in `flashrt_ros.world` (numpy, no ROS) and `LockstepGate` below; the node
+The world logic lives in `flashrt_ros.sim` (numpy, no ROS) and `LockstepGate` below; the node
 only moves messages and time.
 """
 
@@ -43,9 +43,9 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from flashrt_ros.world import CAMERA_NAMES, JOINT_NAMES, TabletopWorld, WorldConfig
+from flashrt_ros.sim import CAMERA_NAMES, JOINT_NAMES, TabletopWorld, WorldConfig
 
-from .conversions import image_to_msg, joint_state_to_msg, ns_to_stamp, stamp_to_ns
+from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, ns_to_stamp, stamp_to_ns
 
 TIME_MODES = ("realtime", "lockstep")
 MAX_CATCH_UP_STEPS = 5  # realtime: steps a late heartbeat may take at once

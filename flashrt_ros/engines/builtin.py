@@ -19,81 +19,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .models.actor import Actor
-from .models.checkpoint import REFERENCE_WEIGHTS, load_checkpoint
-from .models.config import ModelConfig
-from .models.planner import Planner
-from .models.stages import planner_hidden_shape, planner_stages
-from .models.tokenizer import WordTokenizer
-from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
-from .runtime.kernels import Postprocessor, Preprocessor
+from flashrt_ros.models.actor import Actor
+from flashrt_ros.models.checkpoint import REFERENCE_WEIGHTS, load_checkpoint
+from flashrt_ros.models.config import ModelConfig
+from flashrt_ros.models.planner import Planner
+from flashrt_ros.models.stages import planner_hidden_shape, planner_stages
+from flashrt_ros.models.tokenizer import WordTokenizer
+from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
+from flashrt_ros.runtime.kernels import Postprocessor, Preprocessor
 
-MAX_TEXT_BYTES = 1024
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    chunk_seq: int
-    positions: np.ndarray      # [H, D] float32 joint units, clamped to the joint limits
-    velocities: np.ndarray     # [H, D] float32, clamped to the velocity limits
-    dt: float                  # seconds between actions; positions[i] is for obs time + (i+1)*dt
-    subtask_version: int       # the subtask the actor graph actually read (from the device)
-    subtask_text: str
-    nonfinite: bool            # the model produced NaN/inf: never publish this chunk
-    latency_s: float           # inputs in -> chunk on the host
-
-
-def check_text(text: str, what: str) -> None:
-    """Task and coaching text: non-empty, at most MAX_TEXT_BYTES of UTF-8."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"{what} is empty")
-    if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
-        raise ValueError(f"{what} is {len(text.encode('utf-8'))} bytes, over the {MAX_TEXT_BYTES}-byte limit")
-
-
-def check_joints(joint_positions, state_dim: int) -> np.ndarray:
-    """The joint state as float32 [state_dim], or a ValueError naming what is wrong."""
-    q = np.asarray(joint_positions, dtype=np.float32).reshape(-1)
-    if q.shape != (state_dim,):
-        raise ValueError(f"joint state has {q.shape[0]} values, the policy takes {state_dim}")
-    if not np.all(np.isfinite(q)):
-        raise ValueError(f"joint state is not finite: {q.tolist()}")
-    return q
-
-
-class ChunkIO:
-    """What every engine does around its actor graph: the flow-matching noise into "actor.noise",
-    drawn on the CPU from (seed, chunk_seq) so a chunk is the same on every device and in every
-    replay; after the replay, the postprocess kernel on "actor.actions" and one pinned D2H copy of
-    positions, velocities, the non-finite flag and the subtask version the graph read."""
-
-    def __init__(self, buffers: BufferSet, postprocess: Postprocessor, seed: int):
-        self.buffers, self.postprocess, self.seed = buffers, postprocess, int(seed)
-        on_gpu = buffers.device.type == "cuda"
-        H, D = buffers["actor.actions"].shape[-2:]
-        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
-        self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
-        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)  # same dtype: no conversion
-        self._noise_gen = torch.Generator()
-        self._noise_host = torch.empty(tuple(buffers["actor.noise"].shape), dtype=torch.float32)
-
-    def write_noise(self, chunk_seq: int, stream) -> None:
-        self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
-        torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
-        self.buffers.write("actor.noise", self._noise_host, stream=stream)
-
-    def fetch(self, q: np.ndarray, stream) -> tuple[np.ndarray, np.ndarray, bool, int]:
-        """(positions, velocities, nonfinite, subtask version read by the graph) on the host."""
-        with _on(stream):
-            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
-            self._host_out[0].copy_(out.positions, non_blocking=True)
-            self._host_out[1].copy_(out.velocities, non_blocking=True)
-            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
-            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
-        if stream is not None:
-            stream.synchronize()
-        return (self._host_out[0].numpy().copy(), self._host_out[1].numpy().copy(),
-                bool(self._host_nonfinite[0] != 0), int(self._host_version[0]))
+from .base import MAX_TEXT_BYTES, ChunkIO, ChunkResult, _on, check_joints, check_text
 
 
 class Engine:
@@ -324,15 +259,3 @@ class Engine:
                              f"images and {len(encodings)} encodings")
         with _on(stream):
             self.preprocess(list(images), list(encodings), self.buffers[name][0])
-
-
-class _NullContext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _on(stream):
-    return torch.cuda.stream(stream) if stream is not None else _NullContext()

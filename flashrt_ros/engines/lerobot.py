@@ -24,11 +24,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .engine import ChunkIO, ChunkResult, _on, check_joints, check_text
-from .models.lerobot import load_policy
-from .models.lerobot.loader import PolicyDirError
-from .runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
-from .runtime.kernels import ENCODINGS, Postprocessor, image_layout
+from .base import ChunkIO, ChunkResult, _on, check_joints, check_text
+from flashrt_ros.models.lerobot import load_policy
+from flashrt_ros.models.lerobot.loader import PolicyDirError
+from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
+from flashrt_ros.runtime.kernels import ENCODINGS, Postprocessor, image_layout
 
 DEFAULT_CHUNK_DT = 0.02
 COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (STYLE.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`

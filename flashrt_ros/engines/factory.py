@@ -1,5 +1,5 @@
-"""One place that turns host parameters into an engine: the built-in planner + actor (engine.py)
-or a LeRobot policy as the actor (lerobot_engine.py). The ROS host and the offline replay both use it."""
+"""One place that turns host parameters into an engine: the built-in planner + actor (engines/builtin.py)
+or a LeRobot policy as the actor (engines/lerobot.py). The ROS host and the offline replay both use it."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -10,9 +10,9 @@ import numpy as np
 def engine_factory(model: str) -> tuple[Callable[..., Any], dict]:
     """(class, extra keyword names it takes beyond the common ones) for the `model` parameter."""
     if model.startswith("lerobot_"):
-        from flashrt_ros.lerobot_engine import LerobotEngine
+        from flashrt_ros.engines.lerobot import LerobotEngine
         return LerobotEngine, {"tokenizer"}
-    from flashrt_ros.engine import Engine
+    from flashrt_ros.engines.builtin import Engine
     return Engine, set()
 
 

@@ -30,11 +30,11 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from flashrt_ros.engines import make_engine
+from flashrt_ros.engines.factory import make_engine
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
-from .conversions import action_chunk_msg, hold_trajectory_msg, joint_trajectory_msg, subtask_msg
-from .diagnostics import Meter
+from flashrt_ros.ros.conversions import action_chunk_msg, hold_trajectory_msg, joint_trajectory_msg, subtask_msg
+from flashrt_ros.ros.diagnostics import Meter
 from .inputs import LatestInputs, Stale
 from .params import ConfigError, HostConfig
 
@@ -578,7 +578,7 @@ class PolicyLoop:
         if not self.config.record_dir:
             return
         try:
-            from flashrt_ros.nodes.recorder import EpisodeRecorder
+            from flashrt_ros.host.recorder import EpisodeRecorder
             if self._run_dir is None:
                 self._run_dir = (Path(self.config.record_dir).expanduser()
                                  / time.strftime(f"run_%Y%m%d-%H%M%S_{os.getpid()}"))

@@ -25,9 +25,9 @@ from flashrt_ros.msg import ActionChunk
 from .conversions import (InputError, image_from_compressed, image_from_msg, joint_positions_from_msg,
                           stamp_to_ns)
 from .diagnostics import build_report
-from .inputs import Frame
-from .params import CameraConfig, declare_host_parameters, host_parameter_overrides
-from .policy_loop import PolicyLoop
+from flashrt_ros.host.inputs import Frame
+from flashrt_ros.host.params import CameraConfig, declare_host_parameters, host_parameter_overrides
+from flashrt_ros.host.loop import PolicyLoop
 
 JOINT_STATES_TOPIC = "joint_states"
 INTERRUPT_TOPIC = "flashrt/interrupt"

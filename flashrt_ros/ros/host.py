@@ -20,9 +20,9 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 
 from .actor_node import ActorNode
-from .params import ConfigError, HostConfig, parse_host_args
+from flashrt_ros.host.params import ConfigError, HostConfig, parse_host_args
 from .planner_node import PlannerNode
-from .policy_loop import PolicyLoop
+from flashrt_ros.host.loop import PolicyLoop
 
 
 class Host:

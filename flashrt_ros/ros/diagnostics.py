@@ -18,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from .conversions import ns_to_stamp
 
 if TYPE_CHECKING:
-    from .policy_loop import PolicyLoop
+    from flashrt_ros.host.loop import PolicyLoop
 
 HARDWARE_ID = "flashrt_host"
 RECENT_S = 5.0            # a rejected input or a fault this recent raises the level

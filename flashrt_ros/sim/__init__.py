@@ -1,4 +1,5 @@
-"""The reference world (no ROS, no torch): tabletop, scripted expert, closed-loop rollout."""
+"""The simulator: the reference world (tabletop, scripted expert, closed-loop rollout; no ROS, no
+torch) and, in world_node.py, the same world as a ROS node."""
 
 from .expert import ExpertPolicy, expert_chunk, expert_subtask, straight_line_chunk
 from .rollout import CoachEvent, EpisodeResult, run_episode

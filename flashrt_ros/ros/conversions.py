@@ -17,7 +17,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from flashrt_ros.msg import ActionChunk, Subtask
 
-from .params import MAX_TEXT_BYTES
+from flashrt_ros.host.params import MAX_TEXT_BYTES
 
 # ROS encoding -> channels. The engine's preprocess kernel takes exactly these.
 ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
