@@ -10,7 +10,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from flashrt_ros.msg import Subtask
-from flashrt_ros.ros.conversions import (InputError, action_chunk_msg, hold_trajectory_msg, image_from_compressed,
+from flashrt_ros.ros.conversions import (InputError, action_chunk_msg, image_from_compressed,
                                            image_from_msg, image_to_msg, joint_positions_from_msg,
                                            joint_trajectory_msg, stamp_to_ns, subtask_msg, text_from_msg)
 from flashrt_ros.host.inputs import Frame, LatestInputs, Observation, Stale
@@ -205,31 +205,33 @@ def test_texts_are_refused_when_empty_or_over_1_kib(text, message):
     assert text_from_msg(String(data=" go to red "), "coaching text") == "go to red"
 
 
-def test_trajectory_drops_actions_in_the_past_and_keeps_times_relative_to_the_observation():
-    H, dt, stamp = 8, 0.05, 10_000_000_000
-    positions = np.linspace(0, 1, H * 2, dtype=np.float32).reshape(H, 2)
-    velocities = np.full((H, 2), 0.1, np.float32)
-    ready = stamp + 120_000_000          # 0.12 s later: actions at 0.05 and 0.10 are past
-    traj, dropped = joint_trajectory_msg(positions, velocities, joint_names=["a", "b"], stamp_ns=stamp, dt=dt,
-                                         ready_ns=ready)
-    assert dropped == 2 and len(traj.points) == H - 2 and stamp_to_ns(traj.header.stamp) == stamp
-    first = traj.points[0]
+def test_trajectory_message_keeps_times_relative_to_its_stamp_with_positions_and_velocities():
+    from flashrt_ros.host.loop import TrajectoryOut
+    stamp = 10_000_000_000
+    positions = np.linspace(0, 1, 12, dtype=np.float32).reshape(6, 2)
+    velocities = np.full((6, 2), 0.1, np.float32)
+    times = 0.05 * np.arange(3, 9)
+    msg = joint_trajectory_msg(TrajectoryOut(stamp, times, positions, velocities), ["a", "b"])
+    assert stamp_to_ns(msg.header.stamp) == stamp and len(msg.points) == 6
+    first = msg.points[0]
     assert first.time_from_start.nanosec == 150_000_000
-    np.testing.assert_allclose(first.positions, positions[2]) and np.testing.assert_allclose(first.velocities, 0.1)
-    none, dropped = joint_trajectory_msg(positions, velocities, joint_names=["a", "b"], stamp_ns=stamp, dt=dt,
-                                         ready_ns=stamp + 10**9)
-    assert none is None and dropped == H
+    np.testing.assert_allclose(first.positions, positions[0])
+    np.testing.assert_allclose(first.velocities, 0.1)
+    empty = np.zeros((0, 2), np.float32)
+    hold = joint_trajectory_msg(TrajectoryOut(stamp, np.zeros(0), empty, empty, "stale"), ["a", "b"])
+    assert hold.points == [] and list(hold.joint_names) == ["a", "b"]      # the controller holds
 
 
 def test_nan_cannot_leave_through_the_output_conversions():
+    from flashrt_ros.host.loop import TrajectoryOut
     bad = np.array([[0.1, np.nan]], np.float32)
     with pytest.raises(ValueError, match="NaN"):
-        joint_trajectory_msg(bad, np.zeros_like(bad), joint_names=["a", "b"], stamp_ns=0, dt=0.05, ready_ns=0)
+        joint_trajectory_msg(TrajectoryOut(0, np.array([0.05]), bad, np.zeros_like(bad)), ["a", "b"])
+    with pytest.raises(ValueError, match="NaN"):
+        joint_trajectory_msg(TrajectoryOut(0, np.array([0.05]), np.zeros_like(bad), bad), ["a", "b"])
     with pytest.raises(ValueError, match="NaN"):
         action_chunk_msg(bad, joint_names=["a", "b"], stamp_ns=0, dt=0.05, chunk_seq=1, episode_id=1,
                          subtask="go to red", subtask_version=1, inference_latency=0.01)
-    empty = hold_trajectory_msg(["a", "b"], np.array([np.nan, 0.0]), 0, 0.05)
-    assert empty.points == []      # an unknown position: the empty trajectory (controller holds)
 
 
 def test_subtask_message_sources():

@@ -19,7 +19,7 @@ class Frame:
     image: np.ndarray     # H x W x C uint8
     encoding: str
     stamp_ns: int         # header stamp (the receive time when the header's is zero)
-    received: float       # monotonic seconds
+    received: float       # when DDS received it, on the loop's clock (seconds)
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,10 @@ class LatestInputs:
     def last_joint_positions(self) -> np.ndarray | None:
         j = self._joints
         return None if j is None else j.positions
+
+    def joints(self) -> "_Joints | None":
+        """The newest valid joint state (positions, stamp, receive time), or None."""
+        return self._joints
 
     def ages(self, now: float) -> dict[str, float]:
         """Seconds since the last valid message per input (inf when none yet)."""

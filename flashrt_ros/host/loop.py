@@ -1,20 +1,28 @@
-"""The host's policy, below the nodes: when to plan, when to issue a chunk, when to hold.
+"""The host's rules, below ROS: when to plan, when to issue a chunk, when and how to stop.
 
 One `PolicyLoop` per process, shared by the planner and actor nodes. It owns the Engine (loaded
 once, whichever node configures first), the MultiRateScheduler that runs the actor at its rate
 with the planner as pieces between actor releases, the latest inputs, the episode (start, stop,
-reset, interrupt), the safety rules and the recording. Nodes only convert messages and call in;
-outputs leave through the `Outputs` the host wires to the publishers.
+reset, interrupt), the safety rules and the recording. No rclpy here: the nodes convert messages
+and call in; outputs leave as plain data (`ChunkOut`, `TrajectoryOut`) through the `Outputs` the
+ROS host wires to its publishers. Tests drive it on a simulated clock.
 
-Threads: ROS callbacks (executor threads) store inputs and change episode state; the scheduler's
-dispatcher thread runs the actor cycle and the planner pieces. `_cycle_lock` makes episode changes
-happen at chunk boundaries; `_engine_lock` serialises everything that touches the engine.
+Threads, and what each may wait on:
+- ROS callbacks (executor threads) only convert, check and store (`put_frame`, `put_joints`), or
+  change the episode state under `_lock`, which is only ever held for microseconds (never across
+  an inference or any I/O). They never wait on the engine or the recorder.
+- The scheduler's dispatcher thread is the only one that touches the engine: the actor cycle,
+  the planner pieces, and the `control` task that applies task, coaching and reset requests in
+  order, before the next cycle. With actor_trigger 'observation' an input that completes an
+  observation triggers the cycle there too (nothing runs in the callback).
+- The recorder writes on its own thread behind a bounded queue (host/recorder.py).
+An inference in flight when an interrupt, stop, reset or hold arrives is not waited for: the
+stop goes out at once, the `_epoch` moves on, and the late chunk is discarded.
 
-With actor_trigger 'observation' (lock-step: simulation, bag replay) there are no timers: the
-input callback that completes an observation runs the cycle itself — the planner first when due
-(every planner_every observations, and after a task, start or reset), then the actor — and time is
-the ROS clock. Given the same inputs in the same order, the chunks are the same, whatever the
-machine's speed (flashrt_ros/tools/replay.py --step relies on it, `inputs_handled` is its ack).
+With actor_trigger 'observation' (lock-step: simulation, bag replay) time is the ROS clock and the
+planner runs first when due (every planner_every observations, and after a task, start or reset).
+Given the same inputs in the same order, the chunks are the same, whatever the machine's speed
+(flashrt_ros/tools/replay.py --step relies on it: `inputs_handled` and `idle()` are its ack).
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -33,16 +43,42 @@ import torch
 from flashrt_ros.engines.factory import make_engine
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
-from flashrt_ros.ros.conversions import action_chunk_msg, hold_trajectory_msg, joint_trajectory_msg, subtask_msg
-from flashrt_ros.ros.diagnostics import Meter
-from .inputs import LatestInputs, Stale
+from .inputs import Frame, LatestInputs, Stale
+from .limits import chunk_velocities, rate_limit, sample_trajectory, stop_duration
 from .params import ConfigError, HostConfig
+from .status import Meter, PlainLog, RecentEvent
+
+
+@dataclass(frozen=True)
+class TrajectoryOut:
+    """What goes to the controller. Point i is at `stamp_ns + times[i]`. No points: hold where
+    you are (joint_trajectory_controller's empty trajectory). A stop has a `stop_reason`."""
+    stamp_ns: int
+    times: np.ndarray          # [N] seconds from the stamp
+    positions: np.ndarray      # [N, D] float32, within the joint and velocity limits
+    velocities: np.ndarray     # [N, D] float32, consistent with the positions
+    stop_reason: str = ""
+
+
+@dataclass(frozen=True)
+class ChunkOut:
+    """A chunk as published (ActionChunk): the whole horizon after the limits, and the part of
+    it still ahead as a trajectory (None when every action was already in the past)."""
+    stamp_ns: int              # the observation's stamp
+    dt: float
+    positions: np.ndarray      # [H, D] float32
+    chunk_seq: int
+    episode_id: int
+    subtask: str
+    subtask_version: int
+    inference_latency: float
+    trajectory: TrajectoryOut | None
 
 
 class Outputs(Protocol):
-    def publish_chunk(self, msg) -> None: ...
-    def publish_trajectory(self, msg) -> None: ...
-    def publish_subtask(self, msg) -> None: ...
+    def publish_chunk(self, chunk: ChunkOut, ready_ns: int) -> None: ...
+    def publish_stop(self, stop: TrajectoryOut) -> None: ...
+    def publish_subtask(self, state, stamp_ns: int) -> None: ...
 
 
 class PolicyLoop:
@@ -50,9 +86,11 @@ class PolicyLoop:
         self.config = config
         self._engine_factory = engine_factory
         # wired by the host once its nodes exist: a logger, the ROS clock (sim time aware), outputs
-        self.log = logging.getLogger("flashrt_host")
+        self.log = PlainLog(logging.getLogger("flashrt_host"))
         self.now_ns: Callable[[], int] = time.time_ns
+        self.monotonic: Callable[[], float] = time.monotonic     # input ages (timer trigger)
         self.outputs: Outputs | None = None
+        self.recorder = None               # host.recorder.AsyncRecorder, set by the ROS host
         # key -> (topic name, message type) of everything an episode recording holds; set by the host
         self.record_topics: dict[str, tuple[str, type]] = {}
         self.inputs = LatestInputs([c.name for c in config.cameras], config.camera_sync_slop_s,
@@ -63,9 +101,15 @@ class PolicyLoop:
         self.active = {"actor": False, "planner": False}
         self._users: set[str] = set()
         self._config_lock = threading.Lock()
-        self._cycle_lock = threading.RLock()
-        self._engine_lock = threading.RLock()
-        self._rec_lock = threading.Lock()
+        self._lock = threading.RLock()      # episode state; held briefly, never across inference or I/O
+        self._engine_lock = threading.RLock()  # the engine: the dispatcher (and tools while it is idle)
+        self._pending: deque[Callable[[], None]] = deque()   # control work for the dispatcher, in order
+        self._epoch = 0                     # moves on whenever an in-flight chunk must not be issued
+        self.dt = config.chunk_dt or 0.05
+        self.horizon = config.horizon
+        lo, hi = np.asarray(config.joint_lower_limits, np.float32), np.asarray(config.joint_upper_limits, np.float32)
+        self._lower, self._upper = lo, hi
+        self._vmax = np.asarray(config.max_velocity, np.float32)
         # episode state
         self.episode_id = 0
         self.running = False
@@ -73,12 +117,13 @@ class PolicyLoop:
         self.holding: str | None = None     # why a stop is in force (None: issuing normally)
         self.holding_stale = False
         self._moving = False                # a trajectory of ours may be executing (a stop is due)
+        self._sent: TrajectoryOut | None = None   # the last trajectory sent, for where the arm is now
+        self._sent_from: np.ndarray | None = None  # the joint state it started from
         self.waiting = ""                   # why no chunk is issued although nothing is wrong
         self.chunk_seq = 0
-        self.task_text = ""
+        self.task_text = config.task
         self._coached_until = -math.inf
-        self._last_chunk: tuple[int, float, np.ndarray, np.ndarray] | None = None
-        self._recorder = None
+        self._last_chunk: tuple[int, float, np.ndarray, np.ndarray] | None = None   # blend's previous chunk
         self.recording_path = ""
         self._run_dir: Path | None = None
         self._by_observation = config.actor_trigger == "observation"
@@ -94,31 +139,37 @@ class PolicyLoop:
         self.chunks = Meter()               # published chunks; latency = obs stamp -> ready (ROS time)
         self.chunk_latency = self.chunks
         self.inference = Meter()            # engine.act wall time
-        self.dropped_actions = self.late_chunks = self.rejected_chunks = 0
+        self.last_chunk_at = -math.inf      # monotonic time of the last chunk (the watchdog)
+        self.issuing_since = -math.inf      # monotonic: since when a chunk is owed (start, resume, a hold)
+        self.gc = None                      # host.status.GcMonitor, set by the ROS host
+        self.dropped_actions = self.late_chunks = self.rejected_chunks = self.discarded_chunks = 0
+        self.late = RecentEvent()           # a chunk whose every action was already in the past
         self.stops_published = self.stale_events = 0
         self.actor_faults = 0
         self.actor_error, self.actor_error_at = "", -math.inf
         self.planner_error = ""
         self.fault_count, self.last_fault = 0, ""
+        self.callback_error = RecentEvent()  # an exception caught in a ROS callback
         self.rejected_texts, self.last_rejected_text, self.last_rejected_text_at = 0, "", -math.inf
 
     # --- lifecycle ---------------------------------------------------------------------------------
-    def configure(self, user: str) -> None:
+    def configure(self, user: str, dispatch: bool = True) -> None:
         """Load the engine and capture its graphs (once for all users); start the dispatcher with
-        both tasks disabled. Raises on failure (the node's transition then fails)."""
+        the actor and planner disabled (`dispatch=False`: not started; a test drives the cycles).
+        Raises on failure (the node's transition then fails)."""
         with self._config_lock:
             self._users.add(user)
             if self.engine is not None:
                 return
             try:
-                self._load_engine()
+                self._load_engine(dispatch)
             except BaseException as exc:
                 self._users.discard(user)
                 self.configure_error = f"{type(exc).__name__}: {exc}"
                 raise
             self.configure_error = ""
 
-    def _load_engine(self) -> None:
+    def _load_engine(self, dispatch: bool = True) -> None:
         cfg = self.config
         t0 = time.monotonic()
         if cfg.cpu_threads and resolve_device(cfg.device).type == "cpu":
@@ -148,14 +199,16 @@ class PolicyLoop:
         self.dt = cfg.chunk_dt or mc.chunk_dt
         self.engine = engine
         period_a, period_p = 1.0 / cfg.actor_hz, 1.0 / cfg.planner_hz
-        self._by_observation = cfg.actor_trigger == "observation"
         self.scheduler = MultiRateScheduler([
+            # task, coaching and reset requests, applied in order before the next cycle
+            Task("control", [self._run_pending], period=None, deadline=1e-3),
             Task("actor", [self._actor_cycle], period=None if self._by_observation else period_a,
                  deadline=period_a, enabled=False),
             Task("planner", self._planner_pieces(engine), period=None if self._by_observation else period_p,
                  deadline=period_p, enabled=False),
         ], on_error=self._on_task_error)
-        self.scheduler.start()
+        if dispatch:
+            self.scheduler.start()
         self.log.info(f"engine ready in {time.monotonic() - t0:.2f} s: preset {mc.name!r} on {engine.device} "
                       f"({cfg.dtype}), "
                       f"{mc.n_cameras} camera(s) {mc.image_size}px, horizon {self.horizon} x dt {self.dt:g} s, "
@@ -175,15 +228,18 @@ class PolicyLoop:
 
     def set_active(self, role: str, active: bool) -> None:
         """Activate or deactivate the actor or planner. Deactivating the actor stops issuing chunks
-        at the boundary and publishes a stop; the episode and the engine state are kept."""
-        with self._cycle_lock:
-            if role == "actor" and not active and self._issuing():
-                self._publish_stop("actor deactivated")
+        at once (a chunk in flight is discarded) and publishes a stop; the episode is kept."""
+        with self._lock:
+            if role == "actor" and not active:
+                if self._issuing():
+                    self._publish_stop("actor deactivated")
+                self._invalidate()
             self.active[role] = active
             if self.scheduler is not None:
                 self.scheduler.set_enabled(role, active)
             if role == "actor" and active:
                 self.holding, self.holding_stale = None, False
+                self.issuing_since = time.monotonic()
 
     def shutdown(self) -> None:
         """Stop the episode (a stop is published, the recording closed) and the dispatcher."""
@@ -212,19 +268,25 @@ class PolicyLoop:
         s = self.scheduler
         return s.summary() if s is not None else {}
 
-    # --- episode control ---------------------------------------------------------------------------
+    def idle(self) -> bool:
+        """Nothing pending on the dispatcher: every input and request so far has been acted on."""
+        s = self.scheduler
+        return not self._pending and (s is None or s.idle())
+
+    # --- episode control (services, topics: short, never wait on an inference) --------------------
     def start(self) -> tuple[bool, str]:
         """Start an episode, or resume one after an interrupt."""
         ready, why = self.readiness()
         if not ready:
             return False, why
-        with self._cycle_lock:
+        with self._lock:
             if self.running and self.interrupted is None:
                 return True, f"episode {self.episode_id} already running"
             if self.running:
                 self.log.info(f"resuming episode {self.episode_id} after interrupt ({self.interrupted})")
                 self.interrupted = None
                 self.holding, self.holding_stale = None, False
+                self._invalidate()
                 message = f"episode {self.episode_id} resumed"
             else:
                 self._begin_episode()
@@ -236,11 +298,12 @@ class PolicyLoop:
 
     def stop(self, reason: str = "stop service") -> tuple[bool, str]:
         """End the episode: no more chunks, a stop is published, the recording is closed."""
-        with self._cycle_lock:
+        with self._lock:
             if not self.running:
                 return True, "no episode running"
             if self._issuing():
                 self._publish_stop(reason)
+            self._invalidate()
             self.running = False
             self.interrupted = None
             episode = self.episode_id
@@ -249,38 +312,45 @@ class PolicyLoop:
         return True, f"episode {episode} stopped"
 
     def interrupt(self, reason: str) -> None:
-        """Stop issuing chunks at the boundary, publish a stop, wait for start()."""
-        with self._cycle_lock:
+        """Stop now (a chunk in flight is discarded), publish a stop, wait for start()."""
+        with self._lock:
             if not self.running:
                 self.log.warning(f"interrupt ({reason!r}) with no episode running: nothing to stop")
                 return
             self.interrupted = reason or "interrupt"
-            self._publish_stop(f"interrupted: {self.interrupted}")
+            if self.active["actor"]:
+                self._publish_stop(f"interrupted: {self.interrupted}")
+            self._invalidate()
         self.log.warning(f"interrupted ({self.interrupted}): no chunks until /flashrt/start")
 
     def reset(self) -> tuple[bool, str]:
         """Restore the engine's initial capsule (no recapture) and begin a new episode if one was
-        running (its recording is closed, a new one opened). Interrupt state is kept."""
+        running (its recording is closed, a new one opened). Interrupt state is kept. A stop goes
+        out at once; the engine is reset on the dispatcher before its next cycle."""
         if self.engine is None:
             return False, "not configured"
-        with self._cycle_lock, self._engine_lock:
-            self.engine.reset()
+        with self._lock:
+            if self._issuing():
+                self._publish_stop("reset")
+            self._invalidate()
             self._coached_until = -math.inf
-            self._last_chunk = None
             self._acted_stamp = -1
-            self.task_text = ""
-            if self.config.task:
-                self._set_engine_task(self.engine, self.config.task)
-                self.task_text = self.config.task
+            self.task_text = self.config.task
             self.holding, self.holding_stale, self.waiting = None, False, ""
             if self.running:
                 self._close_recording()
                 self._begin_episode()
             episode = self.episode_id
+            self._submit(self._reset_engine)
         self._release_planner()
         self.log.info(f"reset: initial state restored (no recapture); episode {episode}"
                       f"{' running' if self.running else ''}")
         return True, f"reset to the initial state; episode {episode}" + (" running" if self.running else "")
+
+    def _reset_engine(self) -> None:
+        self.engine.reset()
+        if self.config.task:
+            self._set_engine_task(self.engine, self.config.task)
 
     def _begin_episode(self) -> None:
         self.episode_id += 1
@@ -288,29 +358,38 @@ class PolicyLoop:
         self.running = True
         self.interrupted = None
         self.holding, self.holding_stale, self.waiting = None, False, ""
-        self._last_chunk = None
+        self._invalidate()
         self._open_recording()
         self.log.info(f"episode {self.episode_id} started")
+
+    def _invalidate(self) -> None:
+        """A chunk computed before now must not be issued, nor blended into (caller holds _lock)."""
+        self._epoch += 1
+        self._last_chunk = None
+        self.issuing_since = time.monotonic()
 
     def _issuing(self) -> bool:
         return self.running and self.interrupted is None and self.active["actor"] and self.engine is not None
 
-    # --- task and coaching -------------------------------------------------------------------------
+    # --- task and coaching (validated by the node; applied on the dispatcher) -----------------------
     def set_task(self, text: str) -> tuple[bool, str]:
         if self.engine is None:
             self.task_text = text   # applied at configure
             return True, "task stored; applied when configured"
-        try:
-            with self._engine_lock:
+        self.record_text("task", text)
+
+        def apply():
+            try:
                 self._set_engine_task(self.engine, text)
-        except ValueError as err:
-            return self.reject_text(f"task refused: {err}")
-        self.task_text = text
-        self._coached_until = -math.inf   # a new task hands control back to the planner
-        self._record("task", _string(text))
-        self.log.info(f"task: {text!r}")
-        self._release_planner()
-        return True, "task set"
+            except ValueError as err:
+                self.reject_text(f"task refused: {err}")
+                return
+            self.task_text = text
+            self._coached_until = -math.inf   # a new task hands control back to the planner
+            self.log.info(f"task: {text!r}")
+            self._release_planner()
+        self._submit(apply)
+        return True, "task queued"
 
     def _set_engine_task(self, engine, text: str) -> None:
         """Engines without a planner (LeRobot policies) make the task the subtask: publish it."""
@@ -320,21 +399,24 @@ class PolicyLoop:
             self._publish_subtask(engine.subtask)
 
     def coach(self, text: str, source: str = "coach") -> tuple[bool, str]:
-        """The text becomes the subtask at once (the shared buffer, no recapture)."""
+        """The text becomes the subtask before the next chunk (the shared buffer, no recapture)."""
         if self.engine is None:
             return self.reject_text(f"coaching {text!r} refused: not configured")
-        try:
-            with self._engine_lock:
+        self.record_text("coach", text)
+
+        def apply():
+            try:
                 state = self.engine.coach(text, source=source)
-        except ValueError as err:
-            return self.reject_text(f"coaching refused: {err}")
-        hold = self.config.coach_hold_s
-        self._coached_until = self.clock() + hold if hold > 0 else math.inf
-        self._record("coach", _string(text))
-        self._publish_subtask(state)
-        self.log.info(f"coached: subtask {state.text!r} (v{state.version}); planner resumes "
-                      + (f"in {hold:g} s" if hold > 0 else "at the next task"))
-        return True, f"subtask v{state.version}"
+            except ValueError as err:
+                self.reject_text(f"coaching refused: {err}")
+                return
+            hold = self.config.coach_hold_s
+            self._coached_until = self.clock() + hold if hold > 0 else math.inf
+            self._publish_subtask(state)
+            self.log.info(f"coached: subtask {state.text!r} (v{state.version}); planner resumes "
+                          + (f"in {hold:g} s" if hold > 0 else "at the next task"))
+        self._submit(apply)
+        return True, "coaching queued"
 
     def reject_text(self, message: str) -> tuple[bool, str]:
         self.rejected_texts += 1
@@ -349,7 +431,7 @@ class PolicyLoop:
     def clock(self) -> float:
         """Seconds, for input ages and coaching holds: the ROS clock with the observation trigger
         (sim time when replaying, so results do not depend on machine speed), else monotonic."""
-        return self.now_ns() / 1e9 if self._by_observation else time.monotonic()
+        return self.now_ns() / 1e9 if self._by_observation else self.monotonic()
 
     def _release_planner(self) -> None:
         """Run the planner soon: at the next observation (observation trigger) or now (timer)."""
@@ -358,12 +440,24 @@ class PolicyLoop:
         elif self.scheduler is not None:
             self.scheduler.trigger("planner")
 
-    # --- the planner (pieces on the dispatcher thread) ---------------------------------------------
+    # --- the dispatcher: control work, planner pieces, the actor cycle -----------------------------
+    def _submit(self, work: Callable[[], None]) -> None:
+        self._pending.append(work)
+        if self.scheduler is not None:
+            self.scheduler.trigger("control")
+
+    def _run_pending(self) -> None:
+        while self._pending:
+            work = self._pending.popleft()
+            with self._engine_lock:
+                work()
+
     def _planner_pieces(self, engine) -> list[Callable[[], None]]:
         pieces = engine.planner_pieces(self._planner_images, self._on_plan, lambda: not self.coached)
 
         def locked(piece):
             def run():
+                self._run_pending()
                 with self._engine_lock:
                     piece()
             return run
@@ -392,40 +486,50 @@ class PolicyLoop:
             self.planner_error = message
             self.log.error(f"planner fault, the actor keeps the last good subtask: {message}\n"
                            + "".join(traceback.format_exception(exc)).rstrip())
+        else:
+            self.log.error(f"{name} fault: {message}\n" + "".join(traceback.format_exception(exc)).rstrip())
+            with self._lock:
+                self._actor_fault(message)
 
-    # --- the actor cycle (dispatcher thread) -------------------------------------------------------
     def _actor_cycle(self) -> None:
-        with self._cycle_lock:
+        self._run_pending()
+        with self._lock:
             if not self._issuing():
                 return
             obs = self.inputs.observation(self.clock())
             if isinstance(obs, Stale):
                 self._hold(obs.reason, stale=True)
                 return
-            if self._by_observation:
-                if not self.inputs.complete_after(self._acted_stamp):
-                    return          # wait for the rest of this observation (or the next one)
-                self._plan_in_cycle(obs)
-            engine = self.engine
-            if (not self._by_observation and obs.stamp_ns == self._acted_stamp
-                    and engine.subtask.version == self._acted_version):
-                # Timer faster than the cameras: the last chunk already answers this observation
-                # and subtask; a new one would only re-draw the noise (jitter, wasted GPU time).
-                self.repeated_observations += 1
-                return
-            if engine.subtask.version == 0:
-                self.waiting = ("waiting for a task on /flashrt/task" if not self.task_text
-                                else "waiting for the planner's first subtask")
-                return
-            self.waiting = ""
-            self._acted_stamp = obs.stamp_ns
-            self._acted_version = engine.subtask.version
-            self.chunk_seq += 1
-            try:
-                with self._engine_lock:
-                    result = engine.act(obs.images, obs.encodings, obs.joint_positions, self.chunk_seq)
-            except Exception as exc:
+            if self._by_observation and not self.inputs.complete_after(self._acted_stamp):
+                return              # wait for the rest of this observation (or the next one)
+            epoch = self._epoch
+        if self._by_observation:
+            self._plan_in_cycle(obs)
+        engine = self.engine
+        if (not self._by_observation and obs.stamp_ns == self._acted_stamp
+                and engine.subtask.version == self._acted_version):
+            # Timer faster than the cameras: the last chunk already answers this observation
+            # and subtask; a new one would only re-draw the noise (jitter, wasted GPU time).
+            self.repeated_observations += 1
+            return
+        if engine.subtask.version == 0:
+            self.waiting = ("waiting for a task on /flashrt/task" if not self.task_text
+                            else "waiting for the planner's first subtask")
+            return
+        self.waiting = ""
+        self._acted_stamp = obs.stamp_ns
+        self._acted_version = engine.subtask.version
+        self.chunk_seq += 1
+        try:
+            with self._engine_lock:
+                result = engine.act(obs.images, obs.encodings, obs.joint_positions, self.chunk_seq)
+        except Exception as exc:
+            with self._lock:
                 self._actor_fault(f"{type(exc).__name__}: {exc}")
+            return
+        with self._lock:
+            if epoch != self._epoch or not self._issuing():
+                self.discarded_chunks += 1      # an interrupt, stop, reset or hold came meanwhile
                 return
             if result.nonfinite:
                 self.rejected_chunks += 1
@@ -449,45 +553,46 @@ class PolicyLoop:
                 self._on_plan(state)
         self._since_plan += 1
 
+    # --- issuing (caller holds _lock) --------------------------------------------------------------
     def _issue(self, result, obs) -> None:
-        cfg = self.config
         ready_ns = self.now_ns()
-        lo, hi = np.asarray(cfg.joint_lower_limits, np.float32), np.asarray(cfg.joint_upper_limits, np.float32)
-        vmax = np.asarray(cfg.max_velocity, np.float32)
-        positions = np.clip(result.positions[: self.horizon], lo, hi)   # the engine clamps too: defence in depth
-        velocities = np.clip(result.velocities[: self.horizon], -vmax, vmax)
-        if cfg.overlap_policy == "blend":
-            positions, velocities = self._blend(obs.stamp_ns, ready_ns, positions, velocities)
-        try:
-            chunk = action_chunk_msg(positions, joint_names=cfg.joint_names, stamp_ns=obs.stamp_ns, dt=self.dt,
-                                     chunk_seq=self.chunk_seq, episode_id=self.episode_id,
-                                     subtask=result.subtask_text, subtask_version=result.subtask_version,
-                                     inference_latency=result.latency_s)
-            trajectory, dropped = joint_trajectory_msg(positions, velocities, joint_names=cfg.joint_names,
-                                                       stamp_ns=obs.stamp_ns, dt=self.dt, ready_ns=ready_ns)
-        except ValueError as err:
+        q0 = obs.joint_positions
+        positions = result.positions[: self.horizon]
+        if self.config.overlap_policy == "blend":
+            positions, _ = self._blend(obs.stamp_ns, ready_ns, positions, result.velocities[: self.horizon])
+        # limits last, so that nothing (blend included) can take a point past them
+        positions = rate_limit(q0, positions, self.dt, self._vmax, self._lower, self._upper)
+        velocities = chunk_velocities(q0, positions, self.dt, self._vmax)
+        if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(velocities))):
             self.rejected_chunks += 1
-            self._actor_fault(str(err))
+            self._actor_fault("chunk positions or velocities are not finite: chunk rejected")
             return
+        times = self.dt * np.arange(1, len(positions) + 1)
+        ahead = obs.stamp_ns + np.round(times * 1e9).astype(np.int64) > ready_ns
+        dropped = int(np.count_nonzero(~ahead))
+        trajectory = None
+        if ahead.any():
+            trajectory = TrajectoryOut(obs.stamp_ns, times[ahead], positions[ahead], velocities[ahead])
+        chunk = ChunkOut(obs.stamp_ns, self.dt, positions, self.chunk_seq, self.episode_id, result.subtask_text,
+                         result.subtask_version, result.latency_s, trajectory)
         if self.holding is not None:
             self.log.info(f"inputs fresh again: resuming chunks (was holding: {self.holding})")
             self.holding, self.holding_stale = None, False
         self.dropped_actions += dropped
-        self.outputs.publish_chunk(chunk)
+        self.outputs.publish_chunk(chunk, ready_ns)
         if trajectory is None:
             self.late_chunks += 1
-            self.log.warning(f"chunk {self.chunk_seq}: every action is already in the past "
-                          f"({(ready_ns - obs.stamp_ns) / 1e9:.3f} s after the observation): not sent",
-                          throttle_duration_sec=1.0)
+            message = (f"chunk {self.chunk_seq}: every action was already in the past "
+                       f"({(ready_ns - obs.stamp_ns) / 1e9:.3f} s after the observation's stamp): not sent")
+            self.late.note(message)
+            self.log.warning(message, throttle_duration_sec=1.0)
         else:
-            self.outputs.publish_trajectory(trajectory)
+            self._sent, self._sent_from = trajectory, q0
             self._moving = True
         self._last_chunk = (obs.stamp_ns, self.dt, positions, velocities)
         self.inference.add(result.latency_s)
         self.chunks.add((ready_ns - obs.stamp_ns) / 1e9)
-        self._record("action_chunk", chunk, ready_ns)
-        if trajectory is not None:
-            self._record("joint_trajectory", trajectory, ready_ns)
+        self.last_chunk_at = time.monotonic()
 
     def _blend(self, stamp_ns: int, ready_ns: int, positions: np.ndarray, velocities: np.ndarray):
         """Cross-fade from the previous chunk over the first `blend_steps` actions still ahead."""
@@ -509,6 +614,7 @@ class PolicyLoop:
             velocities[i] = (1 - w) * prev_v + w * velocities[i]
         return positions.astype(np.float32), velocities.astype(np.float32)
 
+    # --- holding and stopping (caller holds _lock) -------------------------------------------------
     def _hold(self, reason: str, stale: bool = False) -> None:
         """Stop issuing until the cause clears. The stop is published once, on the transition, and
         only when a trajectory of ours may still be running (not before the first chunk)."""
@@ -520,18 +626,38 @@ class PolicyLoop:
                 self.log.warning(f"holding: {reason}")
             else:
                 self.log.info(f"waiting: {reason}")
+        self._invalidate()
         self.holding, self.holding_stale = reason, stale
+
+    def stop_trajectory(self, reason: str) -> TrajectoryOut:
+        """The stop for now. Without fresh, valid joint states: no points (the controller holds
+        where the arm is). With them: one point at the measured position, zero velocity, reached
+        no faster than max_velocity allows from where our last trajectory has the arm now."""
+        now_ns = self.now_ns()
+        empty = np.zeros((0, len(self.config.joint_names)), np.float32)
+        joints = self.inputs.joints()
+        if joints is None or self.clock() - joints.received > self.config.joint_state_timeout_s:
+            return TrajectoryOut(now_ns, np.zeros(0), empty, empty, reason)
+        target = joints.positions.astype(np.float64)
+        current, velocity = target, np.zeros_like(target)
+        sent = self._sent
+        if sent is not None and not sent.stop_reason and self._moving:
+            t = (now_ns - sent.stamp_ns) / 1e9
+            start = (self._sent_from, np.zeros_like(target))
+            current, velocity = sample_trajectory(t, sent.times, sent.positions, sent.velocities, start)
+        reach = stop_duration(current, velocity, target, self._vmax, minimum=self.dt)
+        zero = np.zeros((1, len(target)), np.float32)
+        return TrajectoryOut(now_ns, np.array([reach]), target[None].astype(np.float32), zero, reason)
 
     def _publish_stop(self, reason: str) -> None:
         if self.outputs is None or not self.active["actor"]:
             return   # an inactive actor issues nothing, a stop included (its deactivation sent one)
-        dt = getattr(self, "dt", 0.05)
-        msg = hold_trajectory_msg(self.config.joint_names, self.inputs.last_joint_positions, self.now_ns(), dt)
-        self.outputs.publish_trajectory(msg)
+        stop = self.stop_trajectory(reason)
+        self.outputs.publish_stop(stop)
+        self._sent = stop
         self._moving = False
         self.stops_published += 1
         self.holding = self.holding or reason
-        self._record("joint_trajectory", msg)
 
     def _actor_fault(self, message: str) -> None:
         self.actor_faults += 1
@@ -544,15 +670,50 @@ class PolicyLoop:
         self.fault_count += 1
         self.last_fault = f"{source}: {message}"
 
-    # --- inputs (executor threads) -----------------------------------------------------------------
-    def on_input(self) -> None:
-        """A valid input was stored. With actor_trigger 'observation' it runs the cycle, here."""
-        if self._by_observation and self.engine is not None:
-            self._actor_cycle()
+    def callback_fault(self, where: str, exc: BaseException) -> None:
+        """An exception escaped a ROS callback: logged with its traceback, ERROR on /diagnostics,
+        and the host holds (a stop goes out); the next good chunk resumes. The process lives on."""
+        message = f"{where}: {type(exc).__name__}: {exc}"
+        self.callback_error.note(message)
+        self._fault("callback", message)
+        self.log.error(f"exception in {where} (the host holds and keeps serving):\n"
+                       + "".join(traceback.format_exception(exc)).rstrip())
+        with self._lock:
+            if self._issuing():
+                self._hold(f"fault in {where}")
+
+    # --- inputs (executor threads: check and store, never wait) ------------------------------------
+    def put_frame(self, camera: str, image: np.ndarray, encoding: str, stamp_ns: int, received: float) -> None:
+        """A converted image: its stamp checked against the host clock, stored, and with the
+        observation trigger the dispatcher woken. `received`: DDS arrival, on `clock()`."""
+        if self._skewed(f"camera {camera!r}", camera, stamp_ns):
+            return
+        self.inputs.put_frame(camera, Frame(image, encoding, stamp_ns, received))
+        self._observation_input()
+
+    def put_joints(self, positions: np.ndarray, stamp_ns: int, received: float) -> None:
+        if self._skewed("joint states", "joint_states", stamp_ns):
+            return
+        self.inputs.put_joints(positions, stamp_ns, received)
+        self._observation_input()
+
+    def _skewed(self, what: str, source: str, stamp_ns: int) -> bool:
+        offset = (self.now_ns() - stamp_ns) / 1e9
+        bound = self.config.max_stamp_skew_s
+        if abs(offset) <= bound:
+            return False
+        side = "behind" if offset > 0 else "ahead of"
+        self.reject_input(source, f"{what}: stamp {abs(offset):.3f} s {side} the host clock "
+                                  f"(max_stamp_skew_s {bound:g}): are the clocks synchronised (chrony/PTP)?")
+        return True
+
+    def _observation_input(self) -> None:
+        if self._by_observation and self.scheduler is not None:
+            self.scheduler.trigger("actor")
 
     def input_handled(self) -> None:
-        """An input callback is done (the input stored or refused, and with the observation trigger
-        the cycle it caused has run)."""
+        """An input callback is done (the input stored or refused; with the observation trigger
+        the cycle it may cause is pending on the dispatcher: see idle())."""
         with self._handled_lock:
             self.inputs_handled += 1
 
@@ -560,73 +721,40 @@ class PolicyLoop:
         self.inputs.reject(source, error, time.monotonic())
         self.log.warning(f"rejected {source} message: {error}", throttle_duration_sec=1.0)
 
-    def record_input(self, key: str, msg) -> None:
-        """An input message for the episode's bag (the recorder downsamples as configured)."""
-        self._record(key, msg)
-
-    # --- outputs -----------------------------------------------------------------------------------
+    # --- outputs and recording ---------------------------------------------------------------------
     def _publish_subtask(self, state) -> None:
-        msg = subtask_msg(state.text, state.version, state.source, self.now_ns())
         if self.outputs is not None:
-            self.outputs.publish_subtask(msg)
-        self._record("subtask", msg)
+            self.outputs.publish_subtask(state, self.now_ns())
 
-    # --- recording ---------------------------------------------------------------------------------
+    def record(self, key: str, msg, stamp_ns: int | None = None) -> None:
+        """A message for the episode's bag: queued for the recorder's thread (never blocks)."""
+        rec = self.recorder
+        if rec is None or msg is None or key not in self.record_topics:
+            return
+        rec.write(self.record_topics[key][0], msg, self.now_ns() if stamp_ns is None else stamp_ns,
+                  droppable=key.startswith("camera."))
+
+    def record_text(self, key: str, text: str) -> None:
+        if self.recorder is not None and key in self.record_topics:
+            self.record(key, self.record_topics[key][1](data=text))
+
     def _open_recording(self) -> None:
         """One bag per episode under record_dir/run_<start time>_<pid>/ (episode ids restart
         with every host run, the run directory keeps them apart). Inputs are downsampled."""
-        if not self.config.record_dir:
+        if not self.config.record_dir or self.recorder is None:
             return
-        try:
-            from flashrt_ros.host.recorder import EpisodeRecorder
-            if self._run_dir is None:
-                self._run_dir = (Path(self.config.record_dir).expanduser()
-                                 / time.strftime(f"run_%Y%m%d-%H%M%S_{os.getpid()}"))
-            topics = {name: kind for name, kind in self.record_topics.values()}
-            every = {name: (self.config.record_image_every if key.startswith("camera.")
-                            else self.config.record_joint_states_every)
-                     for key, (name, _) in self.record_topics.items() if key.startswith("camera.") or key == "joint_states"}
-            recorder = EpisodeRecorder(self._run_dir, self.episode_id, topics, downsample=every,
-                                       custom_data={"task": self.task_text})
-            with self._rec_lock:
-                self._recorder = recorder
-                self.recording_path = str(recorder.path)
-            self.log.info(f"recording episode {self.episode_id} to {self.recording_path}")
-        except Exception as exc:
-            self._fault("recording", f"{type(exc).__name__}: {exc}")
-            self.log.error(f"episode {self.episode_id} is not recorded: {type(exc).__name__}: {exc}")
-            self._recorder = None
+        if self._run_dir is None:
+            self._run_dir = (Path(self.config.record_dir).expanduser()
+                             / time.strftime(f"run_%Y%m%d-%H%M%S_{os.getpid()}"))
+        topics = {name: kind for name, kind in self.record_topics.values()}
+        every = {name: (self.config.record_image_every if key.startswith("camera.")
+                        else self.config.record_joint_states_every)
+                 for key, (name, _) in self.record_topics.items() if key.startswith("camera.") or key == "joint_states"}
+        self.recording_path = self.recorder.open(self._run_dir, self.episode_id, topics, downsample=every,
+                                                 custom_data={"task": self.task_text})
+        self.log.info(f"recording episode {self.episode_id} to {self.recording_path}")
 
     def _close_recording(self) -> None:
-        with self._rec_lock:
-            recorder, self._recorder = self._recorder, None
-            if recorder is None:
-                return
-            try:
-                recorder.close()
-                self.log.info(f"recording closed: {self.recording_path}")
-            except Exception as exc:
-                self._fault("recording", f"{type(exc).__name__}: {exc}")
-                self.log.error(f"closing the recording failed: {exc}")
-
-    def _record(self, key: str, msg, stamp_ns: int | None = None) -> None:
-        if self._recorder is None or msg is None or key not in self.record_topics:
-            return
-        topic = self.record_topics[key][0]
-        with self._rec_lock:
-            if self._recorder is None:
-                return
-            try:
-                self._recorder.write(topic, msg, self.now_ns() if stamp_ns is None else stamp_ns)
-            except Exception as exc:
-                self._fault("recording", f"{type(exc).__name__}: {exc}")
-                self.log.error(f"recording {topic} failed: {exc}", throttle_duration_sec=5.0)
-
-    def record(self, key: str, msg) -> None:
-        """Record an output published outside the loop (diagnostics)."""
-        self._record(key, msg)
-
-
-def _string(text: str):
-    from std_msgs.msg import String
-    return String(data=text)
+        if self.recorder is not None and self.recording_path:
+            self.recorder.close()
+            self.log.info(f"recording closed: {self.recording_path}")

@@ -101,6 +101,8 @@ PARAMS: tuple[Param, ...] = (
     Param("joint_upper_limits", list, [1.0, 1.0], "upper position limit per joint; actions are clamped", item=float),
     Param("max_velocity", list, [0.5, 0.5], "velocity limit per joint (> 0); chunk velocities are clamped", item=float),
     Param("joint_state_timeout_s", float, 0.5, "no valid /joint_states for this long is stale: hold", _in(0.0, 3600.0, True, "s")),
+    Param("max_stamp_skew_s", float, 1.0, "an image or joint state stamped further than this from the host's clock, "
+          "in either direction, is rejected (clocks out of sync: see docs/runbook.md)", _in(0.0, 3600.0, True, "s")),
     # --- rates and chunks ------------------------------------------------------------------------
     Param("planner_hz", float, 2.0, "planner releases per second", _in(0.0, 1000.0, True, "Hz")),
     Param("actor_hz", float, 10.0, "actor releases (chunks) per second; the actor's deadline is one period",
@@ -124,6 +126,8 @@ PARAMS: tuple[Param, ...] = (
           _in(0.0, 86400.0, unit="s")),
     # --- episode, recording, diagnostics ---------------------------------------------------------
     Param("autostart", bool, True, "configure, activate and start an episode at launch"),
+    Param("exit_with_parent", bool, True, "when the process that started the host (ros2 launch, a shell) dies, "
+          "publish a stop and exit instead of driving the arm with nobody watching"),
     Param("record_dir", str, "", "directory for one MCAP bag per episode; '' = no recording"),
     Param("record_image_every", int, 5, "record every Nth image of each camera", _in(1, 1000000)),
     Param("record_joint_states_every", int, 1, "record every Nth /joint_states message", _in(1, 1000000)),
@@ -161,6 +165,7 @@ class HostConfig:
     joint_upper_limits: tuple[float, ...] = (1.0, 1.0)
     max_velocity: tuple[float, ...] = (0.5, 0.5)
     joint_state_timeout_s: float = 0.5
+    max_stamp_skew_s: float = 1.0
     planner_hz: float = 2.0
     actor_hz: float = 10.0
     actor_trigger: str = "timer"
@@ -172,6 +177,7 @@ class HostConfig:
     task: str = ""
     coach_hold_s: float = 0.0
     autostart: bool = True
+    exit_with_parent: bool = True
     record_dir: str = ""
     record_image_every: int = 5
     record_joint_states_every: int = 1

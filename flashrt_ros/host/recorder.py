@@ -15,9 +15,15 @@ What this module does instead (still rosbags' `Writer`, connection handling and 
 - `close()` is rosbags' own close: full summary (chunk indexes, statistics) and final metadata.
 
 So: after close, after an exception (context manager), after SIGINT (KeyboardInterrupt unwinds
-through close) every message is there; after SIGKILL everything up to the last flush is.
-Flushing does not fsync unless asked: data handed to the kernel survives the death of the
-process, not a power cut.
+through close) every message is there; after SIGKILL everything up to the last flush is (the
+bag is flushed after every chunk). Flushing hands data to the kernel, which survives the death of
+the process but not a power cut; `close()` fsyncs the bag, its metadata and its directory, so a
+closed episode survives power loss too.
+
+The host records through `AsyncRecorder`: callers only enqueue; serialising, writing, flushing,
+opening and closing bags happen on its own thread, behind a bounded queue. Images may be dropped
+when the disk falls behind (counted); everything else (chunks, trajectories, subtasks, text) is
+never dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import functools
 import json
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -378,14 +386,22 @@ class EpisodeRecorder:
             if not self.closed:
                 self._writer.flush()
 
-    def close(self) -> None:
-        """Finish the bag (summary, indexes, metadata). Idempotent."""
+    def close(self, fsync: bool = True) -> None:
+        """Finish the bag (summary, indexes, metadata) and, with `fsync`, force it to disk.
+        Idempotent."""
         with self._lock:
             if not self.closed:
                 for topic, data in self._unstamped:  # no time ever came: logged at 0
                     self._write(topic, data)
                 self._unstamped.clear()
                 self._writer.close()
+                if fsync:
+                    for path in (*self.path.iterdir(), self.path, self.path.parent):
+                        fd = os.open(path, os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
 
     def __enter__(self) -> "EpisodeRecorder":
         return self
@@ -395,3 +411,118 @@ class EpisodeRecorder:
 
     def __repr__(self) -> str:
         return f"EpisodeRecorder({str(self.path)!r}, written={sum(self.written.values())})"
+
+
+# --- off the control path -------------------------------------------------------------------
+class AsyncRecorder:
+    """Episode recordings written on their own thread. `open`, `write` and `close` only enqueue
+    (microseconds, never blocking the caller); the writer thread does the rest in order.
+
+    The queue is bounded: a `droppable` message (camera images) is dropped when `max_droppable`
+    of them are already waiting (the disk is behind); other messages are always kept (they are
+    small and few: chunks, trajectories, subtasks, text). Errors are counted and reported, the
+    host keeps serving.
+    """
+
+    def __init__(self, max_droppable: int = 32):
+        self.max_droppable = int(max_droppable)
+        self._queue: deque = deque()
+        self._droppable_waiting = 0
+        self._cond = threading.Condition()
+        self._recorder: EpisodeRecorder | None = None
+        self.dropped = 0                # images dropped because the writer was behind
+        self.written = 0
+        self.errors = 0
+        self.last_error = ""
+        self.max_waiting = 0
+        self.write_time_max_s = 0.0     # the longest single write (serialise + write + flush)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="flashrt-recorder", daemon=True)
+        self._thread.start()
+
+    # --- callers (any thread) ------------------------------------------------------------------
+    def open(self, directory: Path, episode_id: int, topics, **kwargs) -> str:
+        """Queue a new episode's bag (closing the open one); returns the path it will have."""
+        path = Path(directory) / f"episode_{int(episode_id):04d}"
+        self._put(("open", (directory, episode_id, topics, kwargs)), False)
+        return str(path)
+
+    def write(self, topic: str, msg, stamp_ns: int, droppable: bool = False) -> None:
+        self._put(("write", (topic, msg, stamp_ns)), droppable)
+
+    def close(self) -> None:
+        self._put(("close", None), False)
+
+    def _put(self, item, droppable: bool) -> None:
+        with self._cond:
+            if droppable:
+                if self._droppable_waiting >= self.max_droppable:
+                    self.dropped += 1
+                    return
+                self._droppable_waiting += 1
+            self._queue.append((item, droppable))
+            self.max_waiting = max(self.max_waiting, len(self._queue))
+            self._cond.notify()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written (tools, tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._queue or self._busy) and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            return not self._queue and not self._busy
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, close the open bag, end the thread."""
+        self.close()
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # --- the writer thread ---------------------------------------------------------------------
+    _busy = False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and self._running:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                (kind, payload), droppable = self._queue.popleft()
+                if droppable:
+                    self._droppable_waiting -= 1
+                self._busy = True
+            try:
+                self._handle(kind, payload)
+            except Exception as exc:  # a full disk, a closed bag: report, keep going
+                self.errors += 1
+                self.last_error = f"{kind}: {type(exc).__name__}: {exc}"
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _handle(self, kind: str, payload) -> None:
+        if kind == "write":
+            if self._recorder is not None:
+                t0 = time.perf_counter()
+                self._recorder.write(*payload)
+                self.written += 1
+                self.write_time_max_s = max(self.write_time_max_s, time.perf_counter() - t0)
+        elif kind == "open":
+            self._close_current()
+            directory, episode_id, topics, kwargs = payload
+            self._recorder = EpisodeRecorder(directory, episode_id, topics, **kwargs)
+        elif kind == "close":
+            self._close_current()
+
+    def _close_current(self) -> None:
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.close(fsync=True)

@@ -1,8 +1,11 @@
 """The actor node: cameras and joint states in, action chunks and trajectories out; episode control.
 
-The actor itself runs on the host's dispatcher at `actor_hz` (PolicyLoop) — or, with
-actor_trigger 'observation', in the input callback that completes an observation; callbacks here
-convert and store the latest inputs. Lifecycle: configure loads the shared engine and creates the
+The actor itself runs on the host's dispatcher at `actor_hz` (PolicyLoop), or with actor_trigger
+'observation' once per complete observation; callbacks here only convert, check and store (never
+waiting on the cycle, the engine or the recorder), and every callback is guarded: an exception is
+logged with its traceback, reported as ERROR on /diagnostics, the host holds and keeps serving.
+Input ages start at DDS reception (the message info's received_timestamp, where rclpy gives it:
+Iron and later), so time spent queued in the executor counts against freshness. Lifecycle: configure loads the shared engine and creates the
 topics; activate starts issuing chunks (when an episode runs); deactivate stops issuing at the
 chunk boundary and publishes a stop, keeping the episode and the engine state.
 
@@ -11,10 +14,16 @@ Services (std_srvs/Trigger): flashrt/start, flashrt/stop, flashrt/reset, flashrt
 """
 from __future__ import annotations
 
+import functools
+import time
+
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import InvalidHandle
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -22,18 +31,42 @@ from trajectory_msgs.msg import JointTrajectory
 
 from flashrt_ros.msg import ActionChunk
 
-from .conversions import (InputError, image_from_compressed, image_from_msg, joint_positions_from_msg,
-                          stamp_to_ns)
-from .diagnostics import build_report
-from flashrt_ros.host.inputs import Frame
-from flashrt_ros.host.params import CameraConfig, declare_host_parameters, host_parameter_overrides
 from flashrt_ros.host.loop import PolicyLoop
+from flashrt_ros.host.params import CameraConfig, declare_host_parameters, host_parameter_overrides
+from flashrt_ros.host.status import Meter
+
+from .conversions import (InputError, chunk_msg, image_from_compressed, image_from_msg,
+                          joint_positions_from_msg, joint_trajectory_msg, stamp_to_ns)
+from .diagnostics import build_report
 
 JOINT_STATES_TOPIC = "joint_states"
 INTERRUPT_TOPIC = "flashrt/interrupt"
 ACTION_CHUNK_TOPIC = "flashrt/action_chunk"
 TRAJECTORY_TOPIC = "flashrt/joint_trajectory"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+# Iron+ rclpy passes (msg, MessageInfo) to a two-argument callback; Humble's only the message.
+MESSAGE_INFO = hasattr(Subscription, "CallbackType")
+
+
+def guarded(where: str, service: bool = False):
+    """A node callback that cannot end the process: an exception goes to loop.callback_fault
+    (traceback logged, ERROR on /diagnostics, the host holds). A service answers success=false."""
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args):
+            try:
+                return method(self, *args)
+            except InvalidHandle:
+                return None         # the node is being destroyed (shutdown): nothing to serve
+            except Exception as exc:
+                self.loop.callback_fault(where, exc)
+                if service:
+                    response = args[1]
+                    response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+                    return response
+                return None
+        return run
+    return wrap
 
 
 class ActorNode(LifecycleNode):
@@ -52,9 +85,12 @@ class ActorNode(LifecycleNode):
             self.create_service(Trigger, "flashrt/reset", self._on_reset, callback_group=self._control_group),
             self.create_service(Trigger, "flashrt/ready", self._on_ready, callback_group=self._control_group),
         ]
+        self.input_delay = Meter()      # DDS reception -> callback: the executor's backlog
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        # A steady clock: diagnostics (and the watchdog in them) go on while /clock pauses.
         self._diag_timer = self.create_timer(1.0 / loop.config.diagnostics_hz, self.publish_diagnostics,
-                                             callback_group=MutuallyExclusiveCallbackGroup())
+                                             callback_group=MutuallyExclusiveCallbackGroup(),
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         loop.record_topics["diagnostics"] = (self._diag_pub.topic_name, DiagnosticArray)
 
     def now_ns(self) -> int:
@@ -72,11 +108,11 @@ class ActorNode(LifecycleNode):
         self._trajectory_pub = self.create_lifecycle_publisher(JointTrajectory, TRAJECTORY_TOPIC, 10)
         for cam in cfg.cameras:
             kind = CompressedImage if cam.compressed else Image
-            sub = self.create_subscription(kind, cam.topic, lambda msg, cam=cam: self._on_image(msg, cam),
+            sub = self.create_subscription(kind, cam.topic, self._input_callback(self._on_image, cam),
                                            qos_profile_sensor_data, callback_group=self._inputs_group)
             self._subs.append(sub)
             self.loop.record_topics[f"camera.{cam.name}"] = (sub.topic_name, kind)
-        joints = self.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joint_state,
+        joints = self.create_subscription(JointState, JOINT_STATES_TOPIC, self._input_callback(self._on_joint_state),
                                           qos_profile_sensor_data, callback_group=self._inputs_group)
         interrupt = self.create_subscription(String, INTERRUPT_TOPIC, self._on_interrupt, 10,
                                              callback_group=self._control_group)
@@ -122,78 +158,99 @@ class ActorNode(LifecycleNode):
         self._chunk_pub = self._trajectory_pub = None
 
     # --- input callbacks: convert, validate, store the latest --------------------------------------
-    def _on_image(self, msg, cam: CameraConfig) -> None:
-        received = self.loop.clock()
+    def _input_callback(self, handler, *args):
+        """handler(msg, received, *args), with `received` = when DDS received the message, on the
+        loop's clock (where rclpy gives no message info: now)."""
+        if MESSAGE_INFO:
+            return lambda msg, info: handler(msg, self._received(info), *args)
+        return lambda msg: handler(msg, self._received(None), *args)
+
+    def _received(self, info) -> float:
+        now = self.loop.clock()
+        if not info or self.loop.config.actor_trigger == "observation":
+            return now      # lock-step: ages on the ROS clock, which only moves with the inputs
+        delay = max(0.0, (time.time_ns() - info["received_timestamp"]) / 1e9)
+        self.input_delay.add(delay)
+        return now - delay
+
+    @guarded("camera callback")
+    def _on_image(self, msg, received: float, cam: CameraConfig) -> None:
         try:
             image, encoding = image_from_compressed(msg) if cam.compressed else image_from_msg(msg)
         except InputError as err:
             self.loop.reject_input(cam.name, f"camera {cam.name!r}: {err}")
-            self.loop.input_handled()
             return
-        try:
-            stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
-            self.loop.inputs.put_frame(cam.name, Frame(image, encoding, stamp, received))
-            self.loop.record_input(f"camera.{cam.name}", msg)
-            self.loop.on_input()
         finally:
             self.loop.input_handled()
+        self.loop.put_frame(cam.name, image, encoding, stamp_to_ns(msg.header.stamp) or self.now_ns(), received)
+        self.loop.record(f"camera.{cam.name}", msg)
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        received = self.loop.clock()
+    @guarded("joint state callback")
+    def _on_joint_state(self, msg: JointState, received: float) -> None:
         try:
             positions = joint_positions_from_msg(msg, self.loop.config.joint_names)
         except InputError as err:
             self.loop.reject_input("joint_states", str(err))
-            self.loop.input_handled()
             return
-        try:
-            stamp = stamp_to_ns(msg.header.stamp) or self.now_ns()
-            self.loop.inputs.put_joints(positions, stamp, received)
-            self.loop.record_input("joint_states", msg)
-            self.loop.on_input()
         finally:
             self.loop.input_handled()
+        self.loop.put_joints(positions, stamp_to_ns(msg.header.stamp) or self.now_ns(), received)
+        self.loop.record("joint_states", msg)
 
+    @guarded("interrupt callback")
     def _on_interrupt(self, msg: String) -> None:
         # An interrupt always stops; an oversized reason is only shortened.
         reason = msg.data.strip()
         if len(reason) > 200:
             reason = reason[:200] + "..."
         try:
-            self.loop.record_input("interrupt", msg)
+            self.loop.record("interrupt", msg)
             self.loop.interrupt(reason or "interrupt")
         finally:
             self.loop.input_handled()
 
     # --- services ----------------------------------------------------------------------------------
+    @guarded("/flashrt/start", service=True)
     def _on_start(self, request, response):
         response.success, response.message = self.loop.start()
         return response
 
+    @guarded("/flashrt/stop", service=True)
     def _on_stop(self, request, response):
         response.success, response.message = self.loop.stop()
         return response
 
+    @guarded("/flashrt/reset", service=True)
     def _on_reset(self, request, response):
         response.success, response.message = self.loop.reset()
         return response
 
+    @guarded("/flashrt/ready", service=True)
     def _on_ready(self, request, response):
         response.success, response.message = self.loop.readiness()
         return response
 
     # --- outputs -----------------------------------------------------------------------------------
-    def publish_chunk(self, msg: ActionChunk) -> None:
-        pub = self._chunk_pub
-        if pub is not None:
-            pub.publish(msg)
+    def publish_chunk(self, chunk, ready_ns: int) -> None:
+        """An ActionChunk and, when any of it is still ahead, its JointTrajectory (recorded too)."""
+        msg = chunk_msg(chunk, self.loop.config.joint_names)
+        trajectory = None if chunk.trajectory is None else joint_trajectory_msg(chunk.trajectory, self.loop.config.joint_names)
+        if self._chunk_pub is not None:
+            self._chunk_pub.publish(msg)
+        if trajectory is not None and self._trajectory_pub is not None:
+            self._trajectory_pub.publish(trajectory)
+        self.loop.record("action_chunk", msg, ready_ns)
+        if trajectory is not None:
+            self.loop.record("joint_trajectory", trajectory, ready_ns)
 
-    def publish_trajectory(self, msg: JointTrajectory) -> None:
-        pub = self._trajectory_pub
-        if pub is not None:
-            pub.publish(msg)
+    def publish_stop(self, stop) -> None:
+        msg = joint_trajectory_msg(stop, self.loop.config.joint_names)
+        if self._trajectory_pub is not None:
+            self._trajectory_pub.publish(msg)
+        self.loop.record("joint_trajectory", msg, stop.stamp_ns)
 
+    @guarded("diagnostics timer")
     def publish_diagnostics(self) -> None:
-        msg = build_report(self.loop, self.now_ns())
+        msg = build_report(self.loop, self.now_ns(), self)
         self._diag_pub.publish(msg)
         self.loop.record("diagnostics", msg)

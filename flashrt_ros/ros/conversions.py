@@ -169,39 +169,23 @@ def action_chunk_msg(positions: np.ndarray, *, joint_names: Sequence[str], stamp
     return msg
 
 
-def joint_trajectory_msg(positions: np.ndarray, velocities: np.ndarray, *, joint_names: Sequence[str],
-                         stamp_ns: int, dt: float, ready_ns: int) -> tuple[JointTrajectory | None, int]:
-    """(trajectory, dropped): header.stamp is the observation time, point i has time_from_start
-    (i + 1) * dt, and points already in the past at `ready_ns` are dropped (latency compensation).
-    None when every point is in the past."""
-    positions = _finite("chunk positions", positions)
-    velocities = _finite("chunk velocities", velocities)
-    msg = JointTrajectory(joint_names=list(joint_names))
-    msg.header.stamp = ns_to_stamp(stamp_ns)
-    dropped = 0
-    for i in range(positions.shape[0]):
-        t = (i + 1) * dt
-        if stamp_ns + int(round(t * 1e9)) <= ready_ns:
-            dropped += 1
-            continue
-        msg.points.append(JointTrajectoryPoint(
-            positions=positions[i].astype(np.float64).tolist(),
-            velocities=velocities[i].astype(np.float64).tolist(),
-            time_from_start=seconds_to_duration(t)))
-    return (msg if msg.points else None), dropped
+def chunk_msg(chunk, joint_names: Sequence[str]) -> ActionChunk:
+    """A host.loop.ChunkOut as ActionChunk."""
+    return action_chunk_msg(chunk.positions, joint_names=joint_names, stamp_ns=chunk.stamp_ns, dt=chunk.dt,
+                            chunk_seq=chunk.chunk_seq, episode_id=chunk.episode_id, subtask=chunk.subtask,
+                            subtask_version=chunk.subtask_version, inference_latency=chunk.inference_latency)
 
 
-def hold_trajectory_msg(joint_names: Sequence[str], positions: np.ndarray | None, stamp_ns: int,
-                        reach_s: float) -> JointTrajectory:
-    """A stop: one point at `positions` with zero velocity, `reach_s` after `stamp_ns` (a point
-    later than now, so joint_trajectory_controller does not refuse it as already past). Without a
-    known position, an empty trajectory (the controller then holds where it is)."""
+def joint_trajectory_msg(trajectory, joint_names: Sequence[str]) -> JointTrajectory:
+    """A host.loop.TrajectoryOut as JointTrajectory: header.stamp = its stamp, point i at
+    time_from_start times[i], positions + velocities. No points: the controller holds."""
+    positions = _finite("trajectory positions", trajectory.positions)
+    velocities = _finite("trajectory velocities", trajectory.velocities)
     msg = JointTrajectory(joint_names=list(joint_names))
-    msg.header.stamp = ns_to_stamp(stamp_ns)
-    if positions is not None and np.all(np.isfinite(positions)):
-        msg.points.append(JointTrajectoryPoint(
-            positions=np.asarray(positions, np.float64).tolist(), velocities=[0.0] * len(joint_names),
-            time_from_start=seconds_to_duration(reach_s)))
+    msg.header.stamp = ns_to_stamp(trajectory.stamp_ns)
+    msg.points = [JointTrajectoryPoint(positions=p.astype(np.float64).tolist(), velocities=v.astype(np.float64).tolist(),
+                                       time_from_start=seconds_to_duration(float(t)))
+                  for t, p, v in zip(trajectory.times, positions, velocities)]
     return msg
 
 

@@ -7,9 +7,7 @@ Values are strings, as the message requires; times are in milliseconds, rates in
 """
 from __future__ import annotations
 
-import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,45 +18,13 @@ from .conversions import ns_to_stamp
 if TYPE_CHECKING:
     from flashrt_ros.host.loop import PolicyLoop
 
+from flashrt_ros.host.inputs import Stale
+from flashrt_ros.host.status import RECENT_S
+
 HARDWARE_ID = "flashrt_host"
-RECENT_S = 5.0            # a rejected input or a fault this recent raises the level
-RATE_WINDOW_S = 5.0
+WATCHDOG_PERIODS = 10     # no chunk for this many actor periods while issuing with fresh inputs: ERROR
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-
-
-class Meter:
-    """Event times and (optionally) a latency per event: rate over a window, p50/p99 latency."""
-
-    def __init__(self, maxlen: int = 1024):
-        self._times: deque[float] = deque(maxlen=maxlen)
-        self._latencies: deque[float] = deque(maxlen=maxlen)
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def add(self, latency_s: float | None = None, now: float | None = None) -> None:
-        with self._lock:
-            self._times.append(time.monotonic() if now is None else now)
-            if latency_s is not None:
-                self._latencies.append(float(latency_s))
-            self.count += 1
-
-    def rate(self, now: float | None = None, window: float = RATE_WINDOW_S) -> float:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            recent = [t for t in self._times if now - t <= window]
-        if len(recent) < 2:
-            return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
-
-    def percentiles(self, *qs: float) -> list[float]:
-        with self._lock:
-            lat = np.asarray(self._latencies, dtype=np.float64)
-        return [float(np.percentile(lat, q)) if lat.size else float("nan") for q in qs]
-
-    def intervals(self) -> np.ndarray:
-        with self._lock:
-            return np.diff(np.asarray(self._times, dtype=np.float64))
 
 
 def _ms(seconds: float) -> str:
@@ -70,10 +36,12 @@ def _status(name: str, level: bytes, message: str, values: dict) -> DiagnosticSt
                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
-def build_report(loop: "PolicyLoop", stamp_ns: int) -> DiagnosticArray:
+def build_report(loop: "PolicyLoop", stamp_ns: int, node=None) -> DiagnosticArray:
+    """`node`: the actor node, for its executor-backlog meter (DDS reception -> callback)."""
     now = time.monotonic()
     return DiagnosticArray(header=_header(stamp_ns), status=[
-        _host_status(loop), _actor_status(loop, now), _planner_status(loop, now), _inputs_status(loop, now)])
+        _host_status(loop, node, now), _actor_status(loop, now), _planner_status(loop, now),
+        _inputs_status(loop, now)])
 
 
 def _header(stamp_ns: int):
@@ -81,11 +49,18 @@ def _header(stamp_ns: int):
     return Header(stamp=ns_to_stamp(stamp_ns))
 
 
-def _host_status(loop: "PolicyLoop") -> DiagnosticStatus:
+def _host_status(loop: "PolicyLoop", node, now: float) -> DiagnosticStatus:
     ready, why = loop.readiness()
     level = OK if ready else WARN
     if loop.configure_error:
         level = ERROR
+    if loop.callback_error.recent(now):
+        level, why = ERROR, f"exception in a callback (holding): {loop.callback_error.message}"
+    rec = loop.recorder
+    if rec is not None and rec.errors and level == OK:
+        level, why = WARN, f"recording: {rec.last_error}"
+    backlog = node.input_delay if node is not None else None
+    gc = getattr(loop, "gc", None)
     values = {
         "ready": str(ready).lower(), "configured": str(loop.engine is not None).lower(),
         "actor_active": str(loop.active["actor"]).lower(), "planner_active": str(loop.active["planner"]).lower(),
@@ -94,6 +69,14 @@ def _host_status(loop: "PolicyLoop") -> DiagnosticStatus:
         "device": str(loop.engine.device) if loop.engine is not None else "",
         "configure_error": loop.configure_error or "",
         "faults": loop.fault_count, "last_fault": loop.last_fault,
+        "callback_exceptions": loop.callback_error.count, "last_callback_exception": loop.callback_error.message,
+        "executor_backlog_p99_ms": _ms(backlog.percentiles(99)[0]) if backlog else "nan",
+        "executor_backlog_max_ms": _ms(backlog.max()) if backlog else "nan",
+        "gc_pause_max_ms": _ms(gc.max_s) if gc else "nan", "gc_pause_last_ms": _ms(gc.last_s) if gc else "nan",
+        "recording_images_dropped": rec.dropped if rec else 0, "recording_queue": rec.waiting if rec else 0,
+        "recording_queue_max": rec.max_waiting if rec else 0,
+        "recording_write_max_ms": _ms(rec.write_time_max_s) if rec else "nan",
+        "recording_errors": rec.errors if rec else 0, "recording_last_error": rec.last_error if rec else "",
     }
     return _status("host", level, why, values)
 
@@ -118,12 +101,19 @@ def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         "actions_dropped_in_past": loop.dropped_actions,
         "chunks_all_in_past": loop.late_chunks,
         "chunks_rejected_nonfinite": loop.rejected_chunks,
+        "chunks_discarded": loop.discarded_chunks,
         "stops_published": loop.stops_published,
         "holding": loop.holding or "",
         "faults": loop.actor_faults, "last_error": loop.actor_error,
+        "last_chunk_age_ms": _ms(now - loop.last_chunk_at) if loop.chunks.count else "inf",
     }
+    stalled = _stalled(loop, now)
     if loop.actor_error and now - loop.actor_error_at <= RECENT_S:
         level, message = ERROR, f"actor fault: {loop.actor_error}"
+    elif stalled:
+        level, message = ERROR, stalled
+    elif loop.late.recent(now):
+        level, message = WARN, loop.late.message
     elif loop.holding and loop.running:
         level, message = WARN, f"holding: {loop.holding}"
     elif loop.running and loop.interrupted is None and loop.waiting:
@@ -133,6 +123,19 @@ def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
     else:
         level, message = OK, "idle (no episode running)" if not loop.running else f"interrupted: {loop.interrupted}"
     return _status("actor", level, message, values)
+
+
+def _stalled(loop: "PolicyLoop", now: float) -> str:
+    """The watchdog: the actor should be issuing (episode running, inputs fresh, a subtask, not
+    holding) but no chunk came for WATCHDOG_PERIODS actor periods."""
+    limit = WATCHDOG_PERIODS / loop.config.actor_hz
+    since = now - max(loop.last_chunk_at, loop.issuing_since)
+    if not loop._issuing() or (loop.holding and not loop.holding_stale) or loop.waiting or since <= limit:
+        return ""
+    if isinstance(loop.inputs.observation(loop.clock()), Stale):
+        return ""
+    return (f"watchdog: no chunk for {since:.2f} s while the inputs are fresh "
+            f"({WATCHDOG_PERIODS} actor periods = {limit:.2f} s)")
 
 
 def _planner_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:

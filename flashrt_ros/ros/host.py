@@ -8,10 +8,13 @@ Engine (and so the subtask buffer) through one PolicyLoop.
 With `autostart` (the default) the host configures and activates both nodes and starts an episode
 at launch; otherwise a lifecycle manager drives /flashrt_planner and /flashrt_actor and
 /flashrt/start begins the episode. Ctrl-C (or SIGTERM) publishes a stop, closes the recording and
-shuts down cleanly.
+shuts down cleanly. With `exit_with_parent` (the default) the host also stops that way when the
+process that started it dies (a `ros2 launch` killed hard leaves its children running: nobody
+would be watching the arm).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -19,10 +22,13 @@ import threading
 import rclpy
 from rclpy.executors import MultiThreadedExecutor
 
-from .actor_node import ActorNode
-from flashrt_ros.host.params import ConfigError, HostConfig, parse_host_args
-from .planner_node import PlannerNode
 from flashrt_ros.host.loop import PolicyLoop
+from flashrt_ros.host.params import ConfigError, HostConfig, parse_host_args
+from flashrt_ros.host.recorder import AsyncRecorder
+from flashrt_ros.host.status import GcMonitor
+
+from .actor_node import ActorNode
+from .planner_node import PlannerNode
 
 
 class Host:
@@ -38,6 +44,10 @@ class Host:
         self.loop.log = self.actor.get_logger()
         self.loop.now_ns = self.actor.now_ns
         self.loop.outputs = self
+        self.recorder = AsyncRecorder() if config.record_dir else None
+        self.loop.recorder = self.recorder
+        self.gc = GcMonitor()
+        self.loop.gc = self.gc
         self.executor = MultiThreadedExecutor(num_threads=num_threads, **kwargs)
         self.executor.add_node(self.planner)
         self.executor.add_node(self.actor)
@@ -45,14 +55,14 @@ class Host:
         self._closed = False
 
     # --- Outputs -------------------------------------------------------------------------------------
-    def publish_chunk(self, msg) -> None:
-        self.actor.publish_chunk(msg)
+    def publish_chunk(self, chunk, ready_ns: int) -> None:
+        self.actor.publish_chunk(chunk, ready_ns)
 
-    def publish_trajectory(self, msg) -> None:
-        self.actor.publish_trajectory(msg)
+    def publish_stop(self, stop) -> None:
+        self.actor.publish_stop(stop)
 
-    def publish_subtask(self, msg) -> None:
-        self.planner.publish_subtask(msg)
+    def publish_subtask(self, state, stamp_ns: int) -> None:
+        self.planner.publish_subtask(state, stamp_ns)
 
     # --- bring-up ------------------------------------------------------------------------------------
     def bring_up(self, start_episode: bool = True) -> bool:
@@ -73,11 +83,17 @@ class Host:
         return ready
 
     # --- spinning ------------------------------------------------------------------------------------
-    def spin(self) -> None:
-        """Spin in the calling thread until the context shuts down (KeyboardInterrupt propagates)."""
+    def spin(self, parent_pid: int | None = None) -> None:
+        """Spin in the calling thread until the context shuts down (KeyboardInterrupt propagates),
+        or until `parent_pid` is no longer this process's parent (the launcher died)."""
         ctx = self.executor.context
         while ctx.ok() and not self._closed:
             self.executor.spin_once(timeout_sec=0.1)
+            if parent_pid is not None and os.getppid() != parent_pid:
+                self.actor.get_logger().error(
+                    f"the process that started the host (pid {parent_pid}) is gone: publishing a stop and "
+                    f"exiting (exit_with_parent)")
+                return
 
     def spin_in_thread(self) -> "Host":
         """Spin in a background thread (tests, tools); close() stops and joins it."""
@@ -92,8 +108,11 @@ class Host:
             return
         try:
             self.loop.shutdown()
+            if self.recorder is not None:
+                self.recorder.stop()
         finally:
             self._closed = True
+            self.gc.close()
             if self._spin_thread is not None:
                 self._spin_thread.join(timeout=10.0)
                 if self._spin_thread.is_alive():
@@ -125,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     rclpy.init(args=["flashrt_host", *args.ros_args], signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored
+    parent = os.getppid() if args.config.exit_with_parent else None
     host = Host(args.config)
     try:
         if args.config.autostart:
             host.bring_up()
-        host.spin()
+        host.spin(parent_pid=parent)
     except KeyboardInterrupt:
         host.actor.get_logger().info("interrupted (Ctrl-C / SIGTERM): stopping")
     finally:

@@ -14,7 +14,8 @@ from std_msgs.msg import String
 
 from flashrt_ros.msg import Subtask
 
-from .conversions import InputError, text_from_msg
+from .actor_node import guarded
+from .conversions import InputError, subtask_msg, text_from_msg
 from flashrt_ros.host.params import declare_host_parameters, host_parameter_overrides
 from flashrt_ros.host.loop import PolicyLoop
 
@@ -84,6 +85,7 @@ class PlannerNode(LifecycleNode):
             self._subtask_pub = None
 
     # --- callbacks (short: validate, hand to the loop) ---------------------------------------------
+    @guarded("task callback")
     def _on_task(self, msg: String) -> None:
         try:
             self._task(msg)
@@ -103,6 +105,7 @@ class PlannerNode(LifecycleNode):
         self._last_task = (text, now)
         self.loop.set_task(text)
 
+    @guarded("coaching callback")
     def _on_coach(self, msg: String) -> None:
         try:
             text = text_from_msg(msg, "coaching text")
@@ -114,7 +117,9 @@ class PlannerNode(LifecycleNode):
             self.loop.input_handled()
 
     # --- output ------------------------------------------------------------------------------------
-    def publish_subtask(self, msg: Subtask) -> None:
+    def publish_subtask(self, state, stamp_ns: int) -> None:
+        msg = subtask_msg(state.text, state.version, state.source, stamp_ns)
         pub = self._subtask_pub
         if pub is not None:
             pub.publish(msg)
+        self.loop.record("subtask", msg)

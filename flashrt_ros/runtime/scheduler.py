@@ -125,6 +125,11 @@ class MultiRateScheduler:
             self.tasks[name].enabled = enabled
             self._wake.notify_all()
 
+    def idle(self) -> bool:
+        """No job released, running or waiting to be released by a trigger."""
+        with self._wake:
+            return not self._triggered and not self._jobs
+
     def summary(self) -> dict[str, dict]:
         return {n: s.summary() for n, s in self.stats.items()}
 
@@ -161,7 +166,8 @@ class MultiRateScheduler:
 
     def _release(self, now: float) -> None:
         for name, task in self.tasks.items():
-            release = now if name in self._triggered else None
+            triggered = name in self._triggered
+            release = now if triggered else None
             if task.period is not None and now >= self._next_release[name]:
                 # A periodic job is due at its nominal tick, not when the dispatcher noticed it:
                 # lateness counts against its deadline.
@@ -173,12 +179,14 @@ class MultiRateScheduler:
                 self._next_release[name] = nxt
             if release is None:
                 continue
-            self._triggered.discard(name)
             if not task.enabled:
+                self._triggered.discard(name)
                 continue
             if name in self._jobs:
-                self.stats[name].skipped_releases += 1
-                continue
+                if not triggered:
+                    self.stats[name].skipped_releases += 1
+                continue        # a trigger stays pending: released when the running job ends
+            self._triggered.discard(name)
             self._jobs[name] = _Job(task, release, release + task.deadline)
             self.stats[name].releases += 1
 

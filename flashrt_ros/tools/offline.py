@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flashrt_ros.host.inputs import Frame, LatestInputs, Stale
+from flashrt_ros.host.limits import rate_limit
 from flashrt_ros.runtime.kernels import image_from_buffer
 
 from .bags import Bag
@@ -104,6 +105,7 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
     dt = config.chunk_dt or mc.chunk_dt
     lo = np.asarray(config.joint_lower_limits, np.float32)
     hi = np.asarray(config.joint_upper_limits, np.float32)
+    vmax = np.asarray(config.max_velocity, np.float32)
     cams = [c.name for c in config.cameras]
     latest = LatestInputs(cams, config.camera_sync_slop_s, config.camera_timeout_s, config.joint_state_timeout_s)
     every = planner_every(config)
@@ -161,7 +163,8 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
         if result.nonfinite:
             out.holds.append((now_ns, "nonfinite chunk"))
             return
-        positions = np.clip(result.positions[:horizon], lo, hi).astype(np.float32)
+        # the host's limits, the same function (host/limits.py)
+        positions = rate_limit(obs.joint_positions, result.positions[:horizon], dt, vmax, lo, hi)
         out.chunks.append(Chunk(chunk_seq, episode, obs.stamp_ns, result.subtask_text, result.subtask_version,
                                 dt, positions, tuple(config.joint_names), result.latency_s))
 

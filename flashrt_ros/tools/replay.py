@@ -181,16 +181,18 @@ class _CountingOutputs:
         with self.lock:
             self.sent[topic] += 1
 
-    def publish_chunk(self, msg) -> None:
-        self.inner.publish_chunk(msg)
+    def publish_chunk(self, chunk, ready_ns: int) -> None:
+        self.inner.publish_chunk(chunk, ready_ns)
         self._count(CHUNK_TOPIC)
+        if chunk.trajectory is not None:
+            self._count(TRAJECTORY_TOPIC)
 
-    def publish_trajectory(self, msg) -> None:
-        self.inner.publish_trajectory(msg)
+    def publish_stop(self, stop) -> None:
+        self.inner.publish_stop(stop)
         self._count(TRAJECTORY_TOPIC)
 
-    def publish_subtask(self, msg) -> None:
-        self.inner.publish_subtask(msg)
+    def publish_subtask(self, state, stamp_ns: int) -> None:
+        self.inner.publish_subtask(state, stamp_ns)
         self._count(SUBTASK_TOPIC)
 
 
@@ -385,6 +387,7 @@ class RosReplay:
         if item.kind != "service":
             self._wait(lambda: loop.inputs_handled > before_inputs, f"handle the {item.kind} message "
                        f"#{item.ordinal} on {item.topic}")
+        self._wait(loop.idle, f"act on the {item.kind} message #{item.ordinal}")
         self._wait(self._all_received, "deliver its outputs", timeout=10.0)
         if item.kind == "camera" and self.outputs.sent[CHUNK_TOPIC] == before_chunks:
             self.run_result.holds.append(_why_no_chunk(loop))

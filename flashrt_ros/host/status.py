@@ -1,0 +1,108 @@
+"""What the host knows about its own health, without ROS: event meters (rates, latency
+percentiles), recent events (a fault or a late chunk raises the level for a while), and the
+longest garbage-collection pause. The ROS layer turns these into /diagnostics."""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+RATE_WINDOW_S = 5.0
+RECENT_S = 5.0            # a rejected input or a fault this recent raises the level
+
+
+class Meter:
+    """Event times and (optionally) a latency per event: rate over a window, p50/p99 latency."""
+
+    def __init__(self, maxlen: int = 1024):
+        self._times: deque[float] = deque(maxlen=maxlen)
+        self._latencies: deque[float] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self.count = 0
+        self._max = float("-inf")
+
+    def add(self, latency_s: float | None = None, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+            if latency_s is not None:
+                self._latencies.append(float(latency_s))
+                self._max = max(self._max, float(latency_s))
+            self.count += 1
+
+    def max(self) -> float:
+        """The largest latency ever added (nan before the first)."""
+        return self._max if self.count else float("nan")
+
+    def rate(self, now: float | None = None, window: float = RATE_WINDOW_S) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._times if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+
+    def percentiles(self, *qs: float) -> list[float]:
+        with self._lock:
+            lat = np.asarray(self._latencies, dtype=np.float64)
+        return [float(np.percentile(lat, q)) if lat.size else float("nan") for q in qs]
+
+    def intervals(self) -> np.ndarray:
+        with self._lock:
+            return np.diff(np.asarray(self._times, dtype=np.float64))
+
+
+
+class RecentEvent:
+    """The last occurrence of something worth a WARN or ERROR for RECENT_S (count, message, when)."""
+
+    def __init__(self):
+        self.count, self.message, self.at = 0, "", -math.inf
+
+    def note(self, message: str) -> None:
+        self.count += 1
+        self.message, self.at = message, time.monotonic()
+
+    def recent(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) - self.at <= RECENT_S
+
+
+class GcMonitor:
+    """The longest and the latest garbage-collection pauses of this process (gc.callbacks)."""
+
+    def __init__(self):
+        self.max_s = self.last_s = 0.0
+        self.collections = 0
+        self._t0 = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.last_s = time.perf_counter() - self._t0
+            self.max_s = max(self.max_s, self.last_s)
+            self.collections += 1
+
+    def close(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+
+class PlainLog:
+    """A standard-library logger with rclpy's logger surface (throttle_duration_sec accepted), so
+    the loop runs the same without ROS."""
+
+    def __init__(self, logger: logging.Logger):
+        self._logger = logger
+
+    def __getattr__(self, level):
+        method = getattr(self._logger, level)
+
+        def log(message, throttle_duration_sec=None, **_):
+            method(message)
+        return log
