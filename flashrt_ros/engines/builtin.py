@@ -53,7 +53,7 @@ class Engine:
         self.tokenizer = WordTokenizer(cfg.vocabulary)
         self.actor = actor.to(self.device, self.dtype).eval().requires_grad_(False)
         # Opt-in fast path: inductor fuses the small kernels of the denoise loop before capture.
-        # Gated in the bench by cosine against the plain path (STYLE.md: equivalence gates).
+        # Gated in the bench by cosine against the plain path (an equivalence gate).
         self._actor_call = torch.compile(self.actor, dynamic=False) if compile_actor else self.actor
         self.planner = planner.to(self.device, self.dtype).eval().requires_grad_(False)
         D, H = cfg.action_dim, cfg.horizon

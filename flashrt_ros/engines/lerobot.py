@@ -31,7 +31,7 @@ from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskCha
 from flashrt_ros.runtime.kernels import ENCODINGS, Postprocessor, image_layout
 
 DEFAULT_CHUNK_DT = 0.02
-COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (STYLE.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`
+COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (docs/design/lerobot.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ PRESETS: dict[str, ModelConfig] = {
     ),
 }
 PRESETS["pi0_like_1view"] = dataclasses.replace(PRESETS["pi0_like"], name="pi0_like_1view", n_cameras=1)
-# The hierarchy of DESIGN.md §4 for the interference benchmark: the π0-like actor beside a planner
+# The hierarchy for the interference benchmark: the π0-like actor beside a planner
 # the size of a ~2.5B VLM (48 blocks of width 2048 over three 224 x 224 views).
 PRESETS["pi0_like_heavy_planner"] = dataclasses.replace(PRESETS["pi0_like"], name="pi0_like_heavy_planner",
                                                         planner_layers=48)

@@ -5,7 +5,7 @@ planner cut into sub-graphs; the actor is one piece). One dispatcher thread runs
 time, earliest absolute deadline first. Before it starts a piece it checks that the piece will not
 push a more urgent task past its deadline; if it would, it idles until that task is released.
 So a long planner can never hold the device for more than one piece when the actor is due.
-That is the fix for the GPU interference of DESIGN.md §4: stream priorities do not stop a large
+That is the fix for GPU interference (docs/design/runtime.md): stream priorities do not stop a large
 kernel queue from delaying the actor, but never enqueueing more than one short piece does.
 
 Mechanism only: the pieces are opaque callables that return when their work is finished

@@ -144,7 +144,7 @@ class HostProcess:
 # --- ROS side: world + director ---------------------------------------------------------------------
 class RosSide:
     """The world node and the director on one executor, spun in a background thread that is always
-    joined (DESIGN.md §3), on a context of their own."""
+    joined, on a context of their own."""
 
     def __init__(self, args: argparse.Namespace):
         self.context = rclpy.Context()
