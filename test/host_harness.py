@@ -25,6 +25,8 @@ from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, ns_to_
 from flashrt_ros.ros.host import Host
 from flashrt_ros.host.params import load_config
 from flashrt_ros.sim import JOINT_NAMES, TabletopWorld
+from flashrt_ros.sim.follower import TrajectoryFollower
+from flashrt_ros.sim.tabletop import JOINT_LIMITS
 
 # FLASHRT_TEST_CKPT: a checkpoint directory to use instead of the shipped reference weights.
 CHECKPOINT = os.environ.get("FLASHRT_TEST_CKPT", "")
@@ -76,10 +78,17 @@ class Received:
 
 class Robot:
     """Publishes a reference world's camera and joint states at `rate` Hz (stamped `stamp_offset_s`
-    from now) on its own context, and records the host's outputs with their arrival times."""
+    from now) on its own context, and records the host's outputs with their arrival times.
+
+    The robot moves: `/flashrt/joint_trajectory` drives `follower` (joint_trajectory_controller
+    semantics, flashrt_ros.sim.follower) on the node's ROS (wall) clock, advanced on each tick at
+    most `max_velocity` per joint (default: the world's max_speed); `world.position` follows it, so
+    images and joint states show the motion. Each tick appends `(time.monotonic(), position,
+    velocity)` to `motion` (`motion_since(t0)` reads it, like `since`); trajectories the follower
+    refused are in `refused` as `(time.monotonic(), reason)`."""
 
     def __init__(self, seed: int = 3, rate: float = 20.0, camera_topic: str = "/camera/top/image_raw",
-                 jpeg: bool = False):
+                 jpeg: bool = False, max_velocity: float | None = None):
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context)
         self.node = rclpy.create_node("test_robot", context=self.context)
@@ -91,6 +100,14 @@ class Robot:
         self.image_stamps: list[int] = []
         self.rx = Received()
         self._lock = threading.Lock()
+        # Follower time: seconds on the node's clock since just before it started (float64 keeps
+        # sub-microsecond resolution there); a zero stamp stays 0 ("start now").
+        self._origin_ns = self.now_ns() - 1_000_000_000
+        self.max_velocity = self.world.config.max_speed if max_velocity is None else float(max_velocity)
+        self.follower = TrajectoryFollower(len(JOINT_NAMES), self.world.position, self.max_velocity,
+                                           time=self.seconds(self.now_ns()))
+        self.motion: list[tuple[float, np.ndarray, np.ndarray]] = []
+        self.refused: list[tuple[float, str]] = []
         n = self.node
         self.jpeg = jpeg    # publish sensor_msgs/CompressedImage (jpeg) instead of Image
         self.image_pub = n.create_publisher(CompressedImage if jpeg else Image, camera_topic, 10)
@@ -100,7 +117,7 @@ class Robot:
         self.interrupt_pub = n.create_publisher(String, "/flashrt/interrupt", 10)
         self._subs = [
             n.create_subscription(ActionChunk, "/flashrt/action_chunk", self._keep(self.rx.chunks), 50),
-            n.create_subscription(JointTrajectory, "/flashrt/joint_trajectory", self._keep(self.rx.trajectories), 50),
+            n.create_subscription(JointTrajectory, "/flashrt/joint_trajectory", self._on_trajectory, 50),
             n.create_subscription(Subtask, "/flashrt/subtask", self._keep(self.rx.subtasks), LATCHED),
             n.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.rx.diagnostics), 50),
         ]
@@ -125,8 +142,54 @@ class Robot:
     def now_ns(self) -> int:
         return self.node.get_clock().now().nanoseconds
 
+    def seconds(self, stamp_ns: int) -> float:
+        """A ROS time (ns) on the follower's clock; 0 stays 0 ("start now")."""
+        return 0.0 if stamp_ns == 0 else (stamp_ns - self._origin_ns) / 1e9
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        arrived = time.monotonic()
+        with self._lock:
+            self.rx.trajectories.append((arrived, msg))
+            try:
+                names = list(msg.joint_names)
+                if msg.points:
+                    missing = [j for j in JOINT_NAMES if j not in names]
+                    if missing:
+                        raise ValueError(f"joint_names {names} lack {missing}")
+                columns = [names.index(j) for j in JOINT_NAMES] if msg.points else []
+                positions = np.array([[p.positions[c] for c in columns] for p in msg.points], np.float64)
+                with_velocities = bool(msg.points) and all(len(p.velocities) == len(names) for p in msg.points)
+                velocities = (np.array([[p.velocities[c] for c in columns] for p in msg.points], np.float64)
+                              if with_velocities else None)
+                times = np.array([stamp_to_ns(p.time_from_start) / 1e9 for p in msg.points])
+                self.follower.command(self.seconds(stamp_to_ns(msg.header.stamp)), times,
+                                      positions.reshape(len(msg.points), len(JOINT_NAMES)), velocities,
+                                      now=self.seconds(self.now_ns()))
+            except (ValueError, IndexError) as err:  # the previous motion goes on
+                self.refused.append((arrived, str(err)))
+
+    def _move(self, now_ns: int) -> None:
+        """Advance the follower to now; the world's robot is where the follower is."""
+        with self._lock:
+            position = self.follower.advance(self.seconds(now_ns))
+            clipped = np.clip(position, *JOINT_LIMITS)
+            if not np.array_equal(clipped, position):  # the table's edge stops the arm
+                self.follower.set_state(clipped, np.where(clipped == position, self.follower.velocity, 0.0))
+            self.world.position = clipped.astype(np.float32)
+            self.motion.append((time.monotonic(), self.follower.position.copy(), self.follower.velocity.copy()))
+
+    def motion_since(self, t0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(times [N], positions [N, 2], velocities [N, 2]) of the ticks at or after t0 (monotonic)."""
+        with self._lock:
+            rows = [m for m in self.motion if m[0] >= t0]
+        d = len(JOINT_NAMES)
+        return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]).reshape(-1, d),
+                np.array([r[2] for r in rows]).reshape(-1, d))
+
     def tick(self) -> None:
-        stamp = self.now_ns() - int(self.stamp_offset_s * 1e9)
+        now = self.now_ns()
+        self._move(now)
+        stamp = now - int(self.stamp_offset_s * 1e9)
         if self.publish_camera:
             self.image_stamps.append(stamp)
             self.image_pub.publish(jpeg_msg(self.world.render(), stamp) if self.jpeg

@@ -18,8 +18,8 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from flashrt_ros.ros.conversions import seconds_to_duration, stamp_to_ns  # noqa: E402
-from flashrt_ros.sim.world_node import LATCHED, LockstepGate, WorldNode, trajectory_from_points  # noqa: E402
+from flashrt_ros.ros.conversions import ns_to_stamp, seconds_to_duration, stamp_to_ns  # noqa: E402
+from flashrt_ros.sim.world_node import LATCHED, LockstepGate, WorldNode  # noqa: E402
 from flashrt_ros.sim import ExpertPolicy, TabletopWorld, expert_chunk, run_episode  # noqa: E402
 from flashrt_ros.sim.tabletop import colour_of, subtask_for  # noqa: E402
 
@@ -234,13 +234,46 @@ def test_reset_by_seed_parameter(ros):
     assert ros.wait_for(lambda: world.world.steps >= 3, timeout=15.0)
 
 
-def test_trajectory_points_become_a_uniform_chunk():
-    even = trajectory_from_points(np.array([1.05, 1.10, 1.15]), np.array([[0, 0], [1, 1], [2, 2]]), DT)
-    assert even.start == pytest.approx(1.0) and even.dt == pytest.approx(DT)
-    uneven = trajectory_from_points(np.array([0.1, 0.2, 0.4]), np.array([[0, 0], [1, 1], [3, 3]]), DT)
-    assert uneven.dt == DT and np.allclose(uneven.positions[:, 0], [0, 0.5, 1, 1.5, 2, 2.5, 3])
-    single = trajectory_from_points(np.array([2.0]), np.array([[0.3, 0.4]]), DT)
-    assert single.start == pytest.approx(2.0 - DT)
+def test_trajectory_message_in_world_time_and_joint_order(ros):
+    world = make_world(ros, seed=1, time_mode="lockstep")  # not spun: the world stays at time 0
+    msg = JointTrajectory(joint_names=["joint_y", "joint_x"])  # the world's order reversed
+    msg.header.stamp = ns_to_stamp(world.world_ns(0.5))
+    for i, (y, x) in enumerate([(0.1, 0.2), (0.3, 0.4), (0.5, 0.6)]):
+        msg.points.append(JointTrajectoryPoint(positions=[y, x], velocities=[-1.0, 1.0],
+                                               time_from_start=seconds_to_duration((i + 1) * DT)))
+    trajectory = world.trajectory_in_world(msg)
+    assert trajectory.start == pytest.approx(0.5)
+    assert np.allclose(trajectory.times_from_start, [DT, 2 * DT, 3 * DT])
+    assert np.allclose(trajectory.positions, [[0.2, 0.1], [0.4, 0.3], [0.6, 0.5]])
+    assert np.allclose(trajectory.velocities, [[1.0, -1.0]] * 3)
+    for point in msg.points:  # positions only: no velocities (the follower interpolates linearly)
+        point.velocities = []
+    msg.header.stamp = ns_to_stamp(0)  # a zero stamp: start now
+    trajectory = world.trajectory_in_world(msg)
+    assert trajectory.velocities is None and trajectory.start == pytest.approx(world.world.time)
+    assert world.trajectory_in_world(JointTrajectory(joint_names=["joint_x", "joint_y"])) is None  # stop
+
+
+def test_a_trajectory_that_already_ended_is_rejected_and_one_that_started_in_the_past_is_joined(ros):
+    world = make_world(ros, seed=2)  # not spun: the test steps it
+    for _ in range(5):
+        world._step()
+    assert world.world.time == pytest.approx(0.25)
+    start = world.world.position.copy()
+    goal = start + np.float32([0.1, 0.0]) if start[0] < 0.5 else start - np.float32([0.1, 0.0])
+    ended = line_trajectory(start, goal, ns_to_stamp(world.world_ns(0.0)), points=4)  # last point at 0.2 s
+    world._on_trajectory(ended)
+    assert world.rejected == 1 and world.trajectories == 0 and world.world.chunk is None
+    late = line_trajectory(start, goal, ns_to_stamp(world.world_ns(0.0)), points=10)  # 0.05 .. 0.5 s
+    world._on_trajectory(late)
+    assert world.rejected == 1 and world.trajectories == 1
+    world._step()  # joins at the point due at 0.3 s: no blend from the robot's state (a step) ...
+    points = expert_line(start, goal, 10)
+    np.testing.assert_allclose(world.world.chunk_target(0.3), points[5], atol=1e-6)
+    assert np.linalg.norm(points[5] - start) > 0.05
+    # ... which the robot takes at its speed limit
+    reach = world.world.config.max_speed * DT
+    assert np.linalg.norm(world.world.position - start) == pytest.approx(reach, rel=1e-4)
 
 
 def test_lockstep_gate_waits_for_the_host_then_free_runs():

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .follower import FollowedTrajectory, TrajectoryFollower, chunk_velocities
+
 COLOURS = ("red", "green", "blue", "yellow")
 COLOUR_RGB = {
     "red": (220, 40, 40),
@@ -28,6 +30,9 @@ JOINT_LIMITS = (0.0, 1.0)
 CAMERA_NAMES = ("top",)
 SUBTASKS = tuple(f"go to {c}" for c in COLOURS) + ("done",)
 TASK_LENGTH = 3
+# The follower's clock is world time + this: world time 0 (an episode's first observation) is a
+# real stamp, while a follower stamp of 0 means "start now".
+FOLLOWER_CLOCK_OFFSET = 1.0
 
 
 def subtask_for(colour: str | None) -> str:
@@ -100,7 +105,8 @@ class TabletopWorld:
         self.visited: list[str] = []
         self.time = 0.0
         self.steps = 0
-        self.chunk: ActionChunk | None = None
+        self.follower = TrajectoryFollower(len(JOINT_NAMES), self.position, time=FOLLOWER_CLOCK_OFFSET)
+        self._trail = [self.position.copy()]  # the robot's position at each step of this episode
         return self.observation()
 
     def _sample_targets(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -123,6 +129,8 @@ class TabletopWorld:
     def set_state(self, position, n_visited: int | None = None) -> None:
         """Place the robot and mark the first `n_visited` task targets visited (data collection, tests)."""
         self.position = np.clip(np.asarray(position, dtype=np.float32), *JOINT_LIMITS)
+        self.follower.set_state(self.position, time=self.time + FOLLOWER_CLOCK_OFFSET)
+        self._trail[-1] = self.position.copy()
         if n_visited is not None:
             self.visited = list(self.task[:n_visited])
 
@@ -148,41 +156,78 @@ class TabletopWorld:
         return self.success or self.timed_out
 
     # --- control ---------------------------------------------------------------------------
-    def apply_chunk(self, positions, start_time: float | None = None, dt: float | None = None) -> None:
-        """Replace the executed chunk. `start_time` defaults to now, `dt` to the world step."""
+    def apply_chunk(self, positions, start_time: float | None = None, dt: float | None = None,
+                    velocities=None) -> None:
+        """Follow a chunk: `positions[i]` is for time `start_time + (i + 1) * dt` (`start_time`
+        defaults to now, `dt` to the world step). It replaces the one being followed. Without
+        `velocities` they are `chunk_velocities` from the robot's position at `start_time` (what
+        the host publishes); an empty or None chunk holds. ValueError for a chunk the robot cannot
+        follow (then the previous one goes on)."""
+        if positions is None or np.asarray(positions).size == 0:
+            self.hold()
+            return
         positions = np.asarray(positions, dtype=np.float32)
-        if positions.ndim != 2 or positions.shape[1] != len(JOINT_NAMES) or len(positions) == 0:
+        if positions.ndim != 2 or positions.shape[1] != len(JOINT_NAMES):
             raise ValueError(f"chunk positions must be (H, {len(JOINT_NAMES)}), got {positions.shape}")
         if not np.isfinite(positions).all():
             raise ValueError("chunk positions contain NaN or inf")
-        self.chunk = ActionChunk(
-            start_time=self.time if start_time is None else float(start_time),
-            dt=self.config.dt if dt is None else float(dt),
-            positions=positions.copy(),
-        )
+        start = self.time if start_time is None else float(start_time)
+        dt = self.config.dt if dt is None else float(dt)
+        if velocities is None:
+            velocities = chunk_velocities(self.position_at(start), positions, dt)
+        self.apply_trajectory(start, dt * np.arange(1, len(positions) + 1), positions, velocities)
+
+    def apply_trajectory(self, start_time: float, times_from_start, positions, velocities=None) -> None:
+        """Follow points due at world time `start_time + times_from_start[i]` (joint_trajectory_controller
+        semantics, see flashrt_ros.sim.follower); empty positions hold. ValueError (the previous
+        motion goes on) for one the robot cannot follow, e.g. one that ends at or before now."""
+        self.follower.command(float(start_time) + FOLLOWER_CLOCK_OFFSET, times_from_start, positions, velocities,
+                              now=self.time + FOLLOWER_CLOCK_OFFSET)
+
+    def hold(self) -> None:
+        """Stop: hold where the robot is (an empty trajectory)."""
+        self.follower.hold()
+
+    @property
+    def chunk(self) -> FollowedTrajectory | None:
+        """The trajectory being followed (times in world seconds), None while holding."""
+        followed = self.follower.trajectory
+        if followed is None:
+            return None
+        return FollowedTrajectory(followed.times - FOLLOWER_CLOCK_OFFSET, followed.positions, followed.velocities)
 
     def chunk_target(self, t: float) -> np.ndarray:
-        """Where the current chunk wants the robot at time t (holds its last position when it runs out)."""
-        if self.chunk is None:
-            return self.position
-        index = int(np.floor((t - self.chunk.start_time) / self.chunk.dt + 1e-6)) - 1
-        if index < 0:  # before the chunk's first action: stay
-            return self.position
-        return self.chunk.positions[min(index, len(self.chunk.positions) - 1)]
+        """Where the followed trajectory wants the robot at world time t (float32)."""
+        return self.follower.sample(t + FOLLOWER_CLOCK_OFFSET)[0].astype(np.float32)
+
+    def position_at(self, t: float) -> np.ndarray:
+        """The robot's position at world time t of this episode (at the step at or before t; now
+        for a t in the future)."""
+        index = int(np.floor(t / self.config.dt + 1e-6))
+        return self._trail[min(max(index, 0), len(self._trail) - 1)]
 
     def step(self) -> Observation:
-        """Advance one dt: move toward the chunk's position for the end of this step, then check visits."""
+        """Advance one dt: move toward the follower's setpoint for the end of this step (at most
+        max_speed * dt), then check visits."""
         if self.done:
             return self.observation()
-        goal = self.chunk_target(self.time + self.config.dt)
-        delta = goal - self.position
+        end = self.time + self.config.dt + FOLLOWER_CLOCK_OFFSET
+        goal, velocity = self.follower.sample(end)
+        previous = self.position
+        wanted = goal.astype(np.float32) - previous  # float32 as the robot's position
+        delta = wanted
         reach = self.config.max_speed * self.config.dt
         distance = float(np.linalg.norm(delta))
         if distance > reach:
             delta = delta * (reach / distance)
-        self.position = np.clip(self.position + delta, *JOINT_LIMITS).astype(np.float32)
+        self.position = np.clip(previous + delta, *JOINT_LIMITS).astype(np.float32)
+        moved = self.position - previous
+        if not np.allclose(moved, wanted, rtol=0.0, atol=1e-6):  # speed or joint limits: the robot lags
+            velocity = moved / self.config.dt
+        self.follower.set_state(self.position, velocity, end)
         self.steps += 1
         self.time = self.steps * self.config.dt  # no accumulated float drift
+        self._trail.append(self.position.copy())
         nxt = self.next_target
         if nxt is not None and np.linalg.norm(self.position - self.targets[nxt]) <= self.config.visit_radius:
             self.visited.append(nxt)

@@ -4,9 +4,11 @@ Publishes each world step the top camera (`/camera/top/image_raw`, sensor_msgs/I
 `/joint_states` (joint_x, joint_y), both stamped with the world time of that step; the task text
 on `/flashrt/task` at every episode start (transient-local, so a host that starts later gets it);
 episode events on `~/episode` (std_msgs/String, JSON: `{"event": "start" | "end", ...}`; the end
-event carries success, visited, time). Executes `/flashrt/joint_trajectory`: point i is where the
-robot should be at header.stamp + time_from_start (what joint_trajectory_controller does); an
-empty trajectory stops (holds). `~/reset` (std_srvs/Trigger) starts an episode with the `seed`
+event carries success, visited, time). Executes `/flashrt/joint_trajectory` as
+joint_trajectory_controller does (flashrt_ros.sim.follower): point i is where the robot should be
+at header.stamp + time_from_start, cubic between points with velocities, linear without; a new
+trajectory replaces the old one; one that already ended is rejected; an empty trajectory stops
+(holds). `~/reset` (std_srvs/Trigger) starts an episode with the `seed`
 parameter.
 
 Time, parameter `time_mode`:
@@ -60,31 +62,12 @@ class StaleTrajectory(ValueError):
 # --- plain logic (no ROS) --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Trajectory:
-    """A JointTrajectory in world terms: `positions[i]` is for world time `start + (i + 1) * dt`."""
+    """A JointTrajectory in world terms: point i is due at world time `start + times_from_start[i]`."""
 
-    positions: np.ndarray  # (H, n_joints) in the world's joint order
-    start: float
-    dt: float
-
-
-def trajectory_from_points(times: np.ndarray, positions: np.ndarray, world_dt: float) -> Trajectory:
-    """Points at world `times` (seconds, increasing) -> a uniform Trajectory.
-
-    Evenly spaced points are taken as they are (the host's chunks); anything else is resampled
-    linearly onto the world's dt from the first point to the last.
-    """
-    times = np.asarray(times, dtype=np.float64)
-    positions = np.asarray(positions, dtype=np.float64)
-    if len(times) == 1:
-        return Trajectory(positions.astype(np.float32), float(times[0]) - world_dt, world_dt)
-    steps = np.diff(times)
-    if np.any(steps <= 0):
-        raise ValueError("trajectory point times must increase strictly")
-    if np.allclose(steps, steps[0], rtol=0.0, atol=1e-6):
-        return Trajectory(positions.astype(np.float32), float(times[0] - steps[0]), float(steps[0]))
-    grid = np.arange(times[0], times[-1] + 1e-9, world_dt)
-    resampled = np.stack([np.interp(grid, times, positions[:, j]) for j in range(positions.shape[1])], axis=1)
-    return Trajectory(resampled.astype(np.float32), float(grid[0] - world_dt), world_dt)
+    start: float  # world seconds (the header stamp; "now" for a zero stamp)
+    times_from_start: np.ndarray  # (N,) seconds
+    positions: np.ndarray  # (N, n_joints) in the world's joint order
+    velocities: np.ndarray | None  # (N, n_joints), or None when the message has none (linear)
 
 
 class LockstepGate:
@@ -335,11 +318,17 @@ class WorldNode(Node):
             self.rejected += 1
             self.get_logger().warning(f"trajectory rejected: {err}", throttle_duration_sec=1.0)
             return
-        self.trajectories += 1
         if trajectory is None:
-            self.world.chunk = None  # an empty trajectory: stop, hold where we are
+            self.world.hold()  # an empty trajectory: stop, hold where we are
         else:
-            self.world.apply_chunk(trajectory.positions, start_time=trajectory.start, dt=trajectory.dt)
+            try:  # joint_trajectory_controller semantics (flashrt_ros.sim.follower)
+                self.world.apply_trajectory(trajectory.start, trajectory.times_from_start, trajectory.positions,
+                                            trajectory.velocities)
+            except ValueError as err:  # e.g. it ended before now: the previous motion goes on
+                self.rejected += 1
+                self.get_logger().warning(f"trajectory rejected: {err}", throttle_duration_sec=1.0)
+                return
+        self.trajectories += 1
         if self.time_mode == "lockstep":
             # The answer is for the observation it is stamped with: a late duplicate answer to an
             # older observation must not buy the world more steps.
@@ -349,7 +338,7 @@ class WorldNode(Node):
 
     def trajectory_in_world(self, msg: JointTrajectory) -> Trajectory | None:
         """The message in world time and joint order; None for an empty one (stop). ValueError for
-        one the world cannot execute (unknown or missing joints, NaN, times not increasing)."""
+        one the world cannot execute (unknown or missing joints, NaN, bad velocities)."""
         if not msg.points:
             return None
         names = list(msg.joint_names)
@@ -362,16 +351,22 @@ class WorldNode(Node):
             stamp_ns = self.world_ns(self.world.time)
         elif stamp_ns < self.epoch_ns:
             raise StaleTrajectory(f"stamped {(self.epoch_ns - stamp_ns) / 1e9:.3f} s before this episode began")
-        times, positions = [], []
+        with_velocities = all(len(point.velocities) for point in msg.points)
+        times, positions, velocities = [], [], []
         for i, point in enumerate(msg.points):
             if len(point.positions) != len(names):
                 raise ValueError(f"point {i} has {len(point.positions)} positions for {len(names)} joints")
-            times.append(self.world_time(stamp_ns + stamp_to_ns(point.time_from_start)))
+            if with_velocities and len(point.velocities) != len(names):
+                raise ValueError(f"point {i} has {len(point.velocities)} velocities for {len(names)} joints")
+            times.append(stamp_to_ns(point.time_from_start) / 1e9)
             positions.append([point.positions[c] for c in columns])
+            if with_velocities:
+                velocities.append([point.velocities[c] for c in columns])
         positions = np.asarray(positions, dtype=np.float64)
         if not np.isfinite(positions).all():
             raise ValueError("positions contain NaN or inf")
-        return trajectory_from_points(np.asarray(times), positions, self.dt)
+        return Trajectory(self.world_time(stamp_ns), np.asarray(times),
+                          positions, np.asarray(velocities, dtype=np.float64) if with_velocities else None)
 
 
 def main(argv: list[str] | None = None) -> int:
