@@ -148,11 +148,18 @@ def test_interrupt_stops_chunks_publishes_a_stop_and_start_resumes(host, robot, 
     assert wait_for(lambda: any(is_stop(t, robot) for t in robot.since("trajectories", t0)))
     stop = [t for t in robot.since("trajectories", t0) if is_stop(t, robot)][0]
     assert len(stop.points) == 1
-    np.testing.assert_allclose(stop.points[0].positions, robot.world.position, atol=1e-6)  # holds where it is
-    time.sleep(0.3)   # a chunk in flight at the interrupt may still arrive; none after that
-    t1 = time.monotonic()
-    time.sleep(0.6)
-    assert robot.since("chunks", t1) == [] and robot.since("trajectories", t1) == []
+    arrival = next(t for t, m in robot.rx.trajectories if m is stop)
+    # the stop is after every chunk: a chunk in flight at the interrupt is discarded, not sent
+    assert all(t <= arrival for t, _ in robot.rx.chunks if t >= t0)
+    cycles, chunks = host.loop.scheduler.stats["actor"].completed, len(robot.rx.chunks)
+    reach = stop.points[0].time_from_start.sec + stop.points[0].time_from_start.nanosec * 1e-9
+    assert wait_for(lambda: host.loop.scheduler.stats["actor"].completed >= cycles + 5
+                    and time.monotonic() > arrival + reach + 0.2, 10.0)
+    assert len(robot.rx.chunks) == chunks and robot.since("trajectories", arrival + 1e-6) == []
+    # the arm settled at the measured position the stop named, and stays there
+    _, positions, velocities = robot.motion_since(arrival + reach + 0.1)
+    np.testing.assert_allclose(positions[-1], stop.points[0].positions, atol=1e-6)
+    assert np.abs(velocities).max() == 0.0
     ready = robot.call("ready")
     assert ready.success and "interrupted" in ready.message
     response = robot.call("start")
@@ -168,10 +175,9 @@ def test_stop_ends_the_episode_and_start_begins_the_next(host, robot, episode):
     response = robot.call("stop")
     assert response.success and f"episode {episode_id} stopped" in response.message
     assert wait_for(lambda: any(is_stop(t, robot) for t in robot.since("trajectories", t0)))
-    time.sleep(0.3)
-    t1 = time.monotonic()
-    time.sleep(0.5)
-    assert robot.since("chunks", t1) == []
+    chunks, cycles = len(robot.rx.chunks), host.loop.scheduler.stats["actor"].completed
+    assert wait_for(lambda: host.loop.scheduler.stats["actor"].completed >= cycles + 5, 10.0)
+    assert len(robot.rx.chunks) == chunks          # no chunk in 5 actor cycles after the stop
     assert robot.call("start").success
     t2 = time.monotonic()
     assert wait_for(lambda: len(robot.since("chunks", t2)) >= 1)

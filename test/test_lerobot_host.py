@@ -189,7 +189,7 @@ def test_a_nan_joint_state_makes_the_host_hold_and_report_then_it_recovers(host,
     rejected, actor_faults = stats.rejected, loop.actor_faults
     t0 = time.monotonic()
     arm.joints = NAN_Q.copy()              # every /joint_states from now on has a NaN
-    assert chunks_stop_and_a_stop_is_published(arm, t0)
+    assert chunks_stop_and_a_stop_is_published(arm, t0, host)
     assert stats.rejected > rejected and "not finite" in stats.last_error and "arm_joint_4" in stats.last_error
     assert loop.actor_faults == actor_faults          # refused at the input: the policy never saw it
     assert "joint states are stale" in (loop.holding or "")

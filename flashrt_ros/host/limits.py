@@ -5,7 +5,10 @@ positions + velocities as cubic Hermite segments, and before the first point it 
 state it had when the trajectory arrived. So the limits are applied to what the spline does:
 - positions are clamped to the joint limits, then rate-limited: each point is at most
   max_velocity * dt from the one before, the first one from the joint state the chunk was
-  computed from (measured at the observation's stamp, one dt before the first point);
+  computed from (measured at the observation's stamp, one dt before the first point); and the
+  first point still ahead when the chunk is ready is reachable within the limit from where the
+  arm is then (where the previous trajectory has it), so a new trajectory replacing the old one
+  cannot make the arm jump;
 - velocities are recomputed from those positions (central differences, as the engine's postprocess
   kernel does: a Catmull-Rom spline through the points, zero at the last point), so they are
   consistent with the positions and within the limit by construction;
@@ -17,14 +20,15 @@ from __future__ import annotations
 import numpy as np
 
 def rate_limit(q0: np.ndarray, positions: np.ndarray, dt: float, max_velocity: np.ndarray,
-               lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+               lower: np.ndarray, upper: np.ndarray, first_dt: float | None = None) -> np.ndarray:
     """Positions [H, D] clamped to [lower, upper] and to at most max_velocity * dt per step,
-    starting from q0 (the joint state at the chunk's stamp). float32."""
-    step = np.asarray(max_velocity, np.float64) * dt
+    starting from q0, `first_dt` (default dt) before the first point. float32."""
+    vmax = np.asarray(max_velocity, np.float64)
     wanted = np.clip(np.asarray(positions, np.float64), lower, upper)
     out = np.empty(wanted.shape, np.float32)
     prev = np.asarray(q0, np.float32).astype(np.float64)
     for i in range(wanted.shape[0]):
+        step = vmax * (dt if i or first_dt is None else first_dt)
         x = np.clip(wanted[i], prev - step, prev + step).astype(np.float32)
         # the limit holds for the float32 values that are published, not only before rounding
         over = np.abs(x.astype(np.float64) - prev) > step

@@ -62,8 +62,10 @@ class TrajectoryOut:
 
 @dataclass(frozen=True)
 class ChunkOut:
-    """A chunk as published (ActionChunk): the whole horizon after the limits, and the part of
-    it still ahead as a trajectory (None when every action was already in the past)."""
+    """A chunk as published (ActionChunk): the whole horizon within the joint limits and
+    max_velocity from the measured state at its stamp (a function of the observation alone), and
+    the part of it still ahead as commanded (also limited from where the arm is when it takes
+    over; None when every action was already in the past)."""
     stamp_ns: int              # the observation's stamp
     dt: float
     positions: np.ndarray      # [H, D] float32
@@ -560,20 +562,29 @@ class PolicyLoop:
         positions = result.positions[: self.horizon]
         if self.config.overlap_policy == "blend":
             positions, _ = self._blend(obs.stamp_ns, ready_ns, positions, result.velocities[: self.horizon])
-        # limits last, so that nothing (blend included) can take a point past them
-        positions = rate_limit(q0, positions, self.dt, self._vmax, self._lower, self._upper)
-        velocities = chunk_velocities(q0, positions, self.dt, self._vmax)
-        if not (np.all(np.isfinite(positions)) and np.all(np.isfinite(velocities))):
+        # limits last, so that nothing (blend included) can take a point past them. The chunk (as
+        # published in ActionChunk, a function of the observation alone) is limited from the
+        # measured state at its stamp; what is commanded is also limited from where the arm is
+        # when this trajectory replaces the last one.
+        limited = rate_limit(q0, positions, self.dt, self._vmax, self._lower, self._upper)
+        times = self.dt * np.arange(1, len(limited) + 1)
+        ahead = obs.stamp_ns + np.round(times * 1e9).astype(np.int64) > ready_ns
+        commanded = limited.copy()
+        if ahead.any():
+            k = int(np.argmax(ahead))
+            first_dt = (obs.stamp_ns - ready_ns) / 1e9 + times[k]
+            commanded[k:] = rate_limit(self._arm_at(ready_ns, q0), limited[k:], self.dt, self._vmax,
+                                       self._lower, self._upper, first_dt=first_dt)
+        velocities = chunk_velocities(q0, commanded, self.dt, self._vmax)
+        if not (np.all(np.isfinite(commanded)) and np.all(np.isfinite(velocities))):
             self.rejected_chunks += 1
             self._actor_fault("chunk positions or velocities are not finite: chunk rejected")
             return
-        times = self.dt * np.arange(1, len(positions) + 1)
-        ahead = obs.stamp_ns + np.round(times * 1e9).astype(np.int64) > ready_ns
         dropped = int(np.count_nonzero(~ahead))
         trajectory = None
         if ahead.any():
-            trajectory = TrajectoryOut(obs.stamp_ns, times[ahead], positions[ahead], velocities[ahead])
-        chunk = ChunkOut(obs.stamp_ns, self.dt, positions, self.chunk_seq, self.episode_id, result.subtask_text,
+            trajectory = TrajectoryOut(obs.stamp_ns, times[ahead], commanded[ahead], velocities[ahead])
+        chunk = ChunkOut(obs.stamp_ns, self.dt, limited, self.chunk_seq, self.episode_id, result.subtask_text,
                          result.subtask_version, result.latency_s, trajectory)
         if self.holding is not None:
             self.log.info(f"inputs fresh again: resuming chunks (was holding: {self.holding})")
@@ -589,10 +600,19 @@ class PolicyLoop:
         else:
             self._sent, self._sent_from = trajectory, q0
             self._moving = True
-        self._last_chunk = (obs.stamp_ns, self.dt, positions, velocities)
+        self._last_chunk = (obs.stamp_ns, self.dt, commanded, velocities)
         self.inference.add(result.latency_s)
         self.chunks.add((ready_ns - obs.stamp_ns) / 1e9)
         self.last_chunk_at = time.monotonic()
+
+    def _arm_at(self, t_ns: int, measured: np.ndarray) -> np.ndarray:
+        """Where the arm is at t_ns: on our last trajectory if one is executing, else measured."""
+        sent = self._sent
+        if sent is None or sent.stop_reason or not self._moving:
+            return measured
+        start = (self._sent_from, np.zeros_like(measured))
+        return sample_trajectory((t_ns - sent.stamp_ns) / 1e9, sent.times, sent.positions, sent.velocities,
+                                 start)[0].astype(np.float32)
 
     def _blend(self, stamp_ns: int, ready_ns: int, positions: np.ndarray, velocities: np.ndarray):
         """Cross-fade from the previous chunk over the first `blend_steps` actions still ahead."""

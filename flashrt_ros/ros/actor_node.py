@@ -20,6 +20,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
@@ -242,6 +243,16 @@ class ActorNode(LifecycleNode):
         self.loop.record("action_chunk", msg, ready_ns)
         if trajectory is not None:
             self.loop.record("joint_trajectory", trajectory, ready_ns)
+
+    def wait_for_outputs(self, timeout_s: float) -> None:
+        """Until every subscriber acknowledged what was published (shutdown: the stop must arrive
+        before the process goes)."""
+        for pub in (self._trajectory_pub, self._chunk_pub):
+            if pub is not None:
+                try:
+                    pub.wait_for_all_acked(Duration(seconds=timeout_s))
+                except Exception as exc:      # a destroyed publisher, an rmw without acks
+                    self.get_logger().warning(f"could not confirm delivery on {pub.topic_name}: {exc}")
 
     def publish_stop(self, stop) -> None:
         msg = joint_trajectory_msg(stop, self.loop.config.joint_names)

@@ -108,6 +108,7 @@ class Host:
             return
         try:
             self.loop.shutdown()
+            self.actor.wait_for_outputs(timeout_s=1.0)   # the last stop reaches the controller
             if self.recorder is not None:
                 self.recorder.stop()
         finally:
