@@ -93,6 +93,10 @@ PARAMS: tuple[Param, ...] = (
     # --- cameras ---------------------------------------------------------------------------------
     Param("cameras", list, ["top"], "camera names, in the order the model takes them; each has camera.<name>.topic "
           "and camera.<name>.transport", _non_empty_names, item=str),
+    Param("camera_reliability", str, "reliable", "QoS of the camera subscriptions: 'reliable' (large images "
+          "arrive whole: a lost fragment is repaired) or 'best_effort' (for drivers that publish best effort; a "
+          "reliable subscription does not match them). Best effort lost 2 of 3 640x480 images here "
+          "(docs/design/realtime.md)", _one_of("reliable", "best_effort")),
     Param("camera_sync_slop_s", float, 0.05, "cameras are used together only when their stamps are this close", _in(0.0, 10.0, unit="s")),
     Param("camera_timeout_s", float, 0.5, "a camera with no valid image for this long is stale: hold", _in(0.0, 3600.0, True, "s")),
     # --- joints ----------------------------------------------------------------------------------
@@ -158,6 +162,7 @@ class HostConfig:
     dtype: str = "float32"
     compile: bool = False
     cameras: tuple[CameraConfig, ...] = (CameraConfig("top", "camera/top/image_raw", False),)
+    camera_reliability: str = "reliable"
     camera_sync_slop_s: float = 0.05
     camera_timeout_s: float = 0.5
     joint_names: tuple[str, ...] = ("joint_x", "joint_y")

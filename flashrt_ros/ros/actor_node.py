@@ -23,7 +23,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
@@ -45,6 +45,8 @@ INTERRUPT_TOPIC = "flashrt/interrupt"
 ACTION_CHUNK_TOPIC = "flashrt/action_chunk"
 TRAJECTORY_TOPIC = "flashrt/joint_trajectory"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+# Reliable, newest only: a lost fragment of a large image is repaired instead of the image dropped.
+CAMERA_RELIABLE = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 # Iron+ rclpy passes (msg, MessageInfo) to a two-argument callback; Humble's only the message.
 MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 
@@ -107,10 +109,11 @@ class ActorNode(LifecycleNode):
         cfg = self.loop.config
         self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, ACTION_CHUNK_TOPIC, 10)
         self._trajectory_pub = self.create_lifecycle_publisher(JointTrajectory, TRAJECTORY_TOPIC, 10)
+        camera_qos = qos_profile_sensor_data if cfg.camera_reliability == "best_effort" else CAMERA_RELIABLE
         for cam in cfg.cameras:
             kind = CompressedImage if cam.compressed else Image
             sub = self.create_subscription(kind, cam.topic, self._input_callback(self._on_image, cam),
-                                           qos_profile_sensor_data, callback_group=self._inputs_group)
+                                           camera_qos, callback_group=self._inputs_group)
             self._subs.append(sub)
             self.loop.record_topics[f"camera.{cam.name}"] = (sub.topic_name, kind)
         joints = self.create_subscription(JointState, JOINT_STATES_TOPIC, self._input_callback(self._on_joint_state),

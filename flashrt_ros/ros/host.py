@@ -1,4 +1,4 @@
-"""The host process: a planner node and an actor node on one multi-threaded executor, sharing one
+"""The host process: a planner node and an actor node on one single-threaded executor, sharing one
 Engine (and so the subtask buffer) through one PolicyLoop.
 
     flashrt-ros host --params-file config/flashrt.yaml --set actor_hz=20
@@ -20,7 +20,7 @@ import sys
 import threading
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 
 from flashrt_ros.host.loop import PolicyLoop
 from flashrt_ros.host.params import ConfigError, HostConfig, parse_host_args
@@ -34,7 +34,7 @@ from .planner_node import PlannerNode
 class Host:
     """Both nodes, their executor and the loop between them. `Outputs` for the loop."""
 
-    def __init__(self, config: HostConfig, *, context=None, engine_factory=None, num_threads: int = 4):
+    def __init__(self, config: HostConfig, *, context=None, engine_factory=None):
         self.config = config
         self.context = context
         self.loop = PolicyLoop(config, engine_factory=engine_factory)
@@ -48,7 +48,10 @@ class Host:
         self.loop.recorder = self.recorder
         self.gc = GcMonitor()
         self.loop.gc = self.gc
-        self.executor = MultiThreadedExecutor(num_threads=num_threads, **kwargs)
+        # One executor thread: every callback is short and never waits (the engine is on the
+        # dispatcher, recording on its own thread). rclpy 7.1.6's MultiThreadedExecutor re-yields
+        # queued tasks and busy-spins holding the GIL, which starved the actor (docs/design/realtime.md).
+        self.executor = SingleThreadedExecutor(**kwargs)
         self.executor.add_node(self.planner)
         self.executor.add_node(self.actor)
         self._spin_thread: threading.Thread | None = None
