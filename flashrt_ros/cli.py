@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("flashrt_ros.tools.bench", "benchmark graph vs eager, planner interference, hand-off, capsules"),
     "bench-lerobot": ("flashrt_ros.tools.bench_lerobot", "benchmark a LeRobot checkpoint: graph vs eager vs floor"),
     "bench-ros": ("flashrt_ros.tools.bench_ros", "benchmark camera message -> action chunk through the ROS host"),
+    "soak": ("flashrt_ros.tools.soak", "benchmark a long run of the host against a moving robot: stalls, holds, latency"),
     "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world"),
 }
 
