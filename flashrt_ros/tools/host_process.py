@@ -78,12 +78,22 @@ def world_image(size: tuple[int, int], seed: int = 11) -> tuple[TabletopWorld, n
 
 def start_host(sets: list[str], host_cmd: str | None = None, stderr=subprocess.PIPE) -> subprocess.Popen:
     """`flashrt-ros host --set ...` (or `host_cmd`, a shell-quoted command) in a process group of
-    its own, so that stop_host reaches wrappers (scripts/run_in_env.sh) and what they start."""
+    its own, so that stop_host reaches wrappers (scripts/run_in_env.sh) and what they start. Call
+    it from the thread that stays alive (the main one): the host gets SIGTERM when that one dies."""
     cmd = shlex.split(host_cmd) if host_cmd else list(HOST_CMD)
     for s in sets:
         cmd += ["--set", s]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=os.environ.copy(),
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigterm_when_parent_dies)
+
+
+def _sigterm_when_parent_dies() -> None:
+    """In the child: SIGTERM (a clean stop) when the thread that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def stop_host(host: subprocess.Popen, timeouts: tuple[float, float] = (20.0, 5.0)) -> int:

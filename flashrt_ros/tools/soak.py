@@ -6,8 +6,8 @@
 The host runs as its own process (`flashrt-ros host --set actor_hz=... --set ...`, or --host-cmd,
 e.g. another checkout's `scripts/run_in_env.sh flashrt-ros host`). This process is the robot:
 N cameras of 640x480 rgb8 at 30 Hz (the reference world's render scaled up; camera i on
-/camera/cam<i>/image_raw, or /camera/top/image_raw for one camera) and /joint_states at 100 Hz
-from a robot that follows /flashrt/joint_trajectory as joint_trajectory_controller would
+/camera/cam<i>/image_raw, or /camera/top/image_raw for one camera) and /joint_states at 100 Hz,
+both published reliable, from a robot that follows /flashrt/joint_trajectory as joint_trajectory_controller would
 (flashrt_ros.sim.follower). With more than one camera the model is the reference architecture
 with N camera inputs and seeded random weights (the shipped weights take one camera).
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 import tempfile
 import threading
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from flashrt_ros.msg import ActionChunk
@@ -45,6 +46,9 @@ from .host_process import RigNode, machine, pct, start_host, stop_host, world_im
 CAMERA_HZ, JOINT_HZ, SIZE = 30.0, 100.0, (640, 480)
 FRESH_S = 0.5               # the host's default camera_timeout_s and joint_state_timeout_s
 MAX_VELOCITY = (0.5, 0.5)   # the host's default max_velocity
+# reliable, as camera drivers and joint_state_broadcaster publish by default: it serves reliable and
+# best-effort subscriptions alike (delivery is then the subscription's choice)
+PUBLISHED = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def camera_names(n: int) -> list[str]:
@@ -74,10 +78,9 @@ class Robot(RigNode):
         world, image = world_image(SIZE)
         # one message per camera, built once: only the stamp changes (the robot's own cost stays small)
         self.images = [image_to_msg(image, "rgb8") for _ in range(n_cameras)]
-        self.image_pubs = [self.node.create_publisher(Image, f"/camera/{c}/image_raw", qos_profile_sensor_data)
+        self.image_pubs = [self.node.create_publisher(Image, f"/camera/{c}/image_raw", PUBLISHED)
                            for c in camera_names(n_cameras)]
-        self.joint_pub = self.node.create_publisher(type(joint_state_to_msg(JOINT_NAMES, [0, 0])), "/joint_states",
-                                                    qos_profile_sensor_data)
+        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", PUBLISHED)
         self.task = world.task_text
         from flashrt_ros.sim.follower import TrajectoryFollower
         self.follower = TrajectoryFollower(len(JOINT_NAMES), np.asarray(world.position, np.float64),
@@ -182,6 +185,10 @@ def summarize(robot: Robot, t0: float, t1: float, actor_hz: float, misses_at_sta
     }
 
 
+def _exit(signum, frame):
+    raise SystemExit(128 + signum)     # SIGTERM: through `finally`, so the host is stopped too
+
+
 def _random_checkpoint(n_cameras: int, directory: Path) -> Path:
     """The reference architecture with `n_cameras` camera inputs, seeded random weights."""
     import dataclasses
@@ -202,8 +209,11 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="flashrt_soak_") as tmp:
         if args.cameras > 1 and not any(s.startswith(("checkpoint=", "model=", "preset=")) for s in args.set):
             sets.append(f"checkpoint={_random_checkpoint(args.cameras, Path(tmp))}")
-        host = start_host(sets, args.host_cmd, stderr=open(Path(tmp) / "host.log", "w"))
+        with open(Path(tmp) / "host.log", "w") as log:
+            host = start_host(sets, args.host_cmd, stderr=log)
         robot = None
+        previous = signal.signal(signal.SIGTERM, _exit) if threading.current_thread() is threading.main_thread() \
+            else None
         try:
             robot = Robot(args.cameras)
             robot.start(robot.task)
@@ -226,6 +236,8 @@ def run(args) -> dict:
             if robot is not None:
                 robot.close()
             stop_host(host)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return summarize(robot, t0, t1, args.actor_hz, int(misses) if misses is not None else None)
 
 
