@@ -33,10 +33,9 @@ def test_closed_loop_over_ros_succeeds_like_the_in_process_loop(demo):
     # lock-step time: the world waits for the host, so its speed on this machine does not matter
     assert summary["success_in_process"] >= 1
     assert summary["success_ros"] == summary["success_in_process"], stdout
-    # The rate of answers per world second is a timing figure (the world free-runs after waiting
-    # 1 s for a stalled host): the demo prints it, the test does not gate on it. It must not exceed
-    # one answer per 0.1 s of world time by much (the actor period of run_episode).
-    assert summary["actor_answers_per_world_s"] <= 12.5
+    # One answer per 0.1 s of world time (the actor period of run_episode): the world waits for
+    # the host, so a host that stalls (the world then free-runs) shows up as too few answers.
+    assert 9.5 <= summary["actor_answers_per_world_s"] <= 12.5, stdout
     assert summary["inference_latency_ms"]["chunks"] > 0
     assert "success" in stdout and "in-process" in stdout
 
