@@ -39,18 +39,28 @@ def rate_limit(q0: np.ndarray, positions: np.ndarray, dt: float, max_velocity: n
     return out
 
 
-def chunk_velocities(q0: np.ndarray, positions: np.ndarray, dt: float,
-                     max_velocity: np.ndarray | None = None) -> np.ndarray:
-    """v_k = (p_{k+1} - p_{k-1}) / (2 dt) with p_{-1} = q0, v_{H-1} = 0, clamped to max_velocity."""
-    p = np.asarray(positions, np.float64)
-    prev = np.vstack([np.asarray(q0, np.float64)[None], p[:-1]])
-    v = np.zeros_like(p)
-    if len(p) > 1:
-        v[:-1] = (p[1:] - prev[:-1]) / (2.0 * dt)
-    if max_velocity is not None:
-        vmax = np.asarray(max_velocity, np.float64)
-        v = np.clip(v, -vmax, vmax)
-    return v.astype(np.float32)
+def chunk_velocities(q0, positions, dt: float, max_velocity=None) -> np.ndarray:
+    """Velocities for a chunk of positions `[H, D]`, point k due at `(k + 1) * dt` after the joint
+    state `q0` it was computed from: v_k = clamp((p_{k+1} - p_{k-1}) / (2 dt), +-max_velocity) with
+    p_{-1} = q0, 0 where that quotient is not finite, and v_{H-1} = 0 (float64 `[H, D]`)."""
+    p = np.asarray(positions, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"positions must be [H, D], got shape {p.shape}")
+    q0 = np.asarray(q0, dtype=np.float64).reshape(p.shape[1])
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt!r}")
+    velocities = np.zeros_like(p)
+    if len(p) >= 2:
+        previous = np.concatenate([q0[None], p[:-2]])  # p_{k-1} for k = 0 .. H-2
+        with np.errstate(invalid="ignore", over="ignore"):
+            quotient = (p[1:] - previous) / (2.0 * dt)
+        finite = np.isfinite(quotient)
+        if max_velocity is not None:
+            limit = np.asarray(max_velocity, dtype=np.float64)
+            quotient = np.clip(quotient, -limit, limit)
+        velocities[:-1] = np.where(finite, quotient, 0.0)
+    return velocities
+
 
 
 def hermite(p0, v0, p1, v1, duration: float, s):

@@ -141,6 +141,7 @@ class PolicyLoop:
         self.chunks = Meter()               # published chunks; latency = obs stamp -> ready (ROS time)
         self.chunk_latency = self.chunks
         self.inference = Meter()            # engine.act wall time
+        self.plans = Meter()                # planner runs to the end (latency: wall time of the run)
         self.last_chunk_at = -math.inf      # monotonic time of the last chunk (the watchdog)
         self.issuing_since = -math.inf      # monotonic: since when a chunk is owed (start, resume, a hold)
         self.gc = None                      # host.status.GcMonitor, set by the ROS host
@@ -546,12 +547,14 @@ class PolicyLoop:
         due = self._plan_due or self._since_plan >= self._planner_every
         if due and self.task_text and self.active["planner"]:
             self._plan_due, self._since_plan = False, 0
+            t0 = time.monotonic()
             try:
                 with self._engine_lock:
                     state = self.engine.plan(obs.images, obs.encodings, allow_commit=not self.coached)
             except Exception as exc:            # the actor keeps the last good subtask
                 self._on_task_error("planner", exc)
             else:
+                self.plans.add(time.monotonic() - t0)
                 self._on_plan(state)
         self._since_plan += 1
 
@@ -575,7 +578,7 @@ class PolicyLoop:
             first_dt = (obs.stamp_ns - ready_ns) / 1e9 + times[k]
             commanded[k:] = rate_limit(self._arm_at(ready_ns, q0), limited[k:], self.dt, self._vmax,
                                        self._lower, self._upper, first_dt=first_dt)
-        velocities = chunk_velocities(q0, commanded, self.dt, self._vmax)
+        velocities = chunk_velocities(q0, commanded, self.dt, self._vmax).astype(np.float32)
         if not (np.all(np.isfinite(commanded)) and np.all(np.isfinite(velocities))):
             self.rejected_chunks += 1
             self._actor_fault("chunk positions or velocities are not finite: chunk rejected")

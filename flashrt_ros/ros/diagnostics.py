@@ -140,6 +140,9 @@ def _stalled(loop: "PolicyLoop", now: float) -> str:
 
 def _planner_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
     sched = loop.scheduler_summary().get("planner", {})
+    if loop.config.actor_trigger == "observation":   # the planner runs inside the actor cycle
+        p50, p99 = loop.plans.percentiles(50, 99)
+        sched = {**sched, "rate_hz": loop.plans.rate(now), "latency_p50_s": p50, "latency_p99_s": p99}
     sub = loop.engine.subtask if loop.engine is not None else None
     values = {
         "target_hz": f"{loop.config.planner_hz:g}",

@@ -1,6 +1,6 @@
 """A trajectory follower with ros2_control joint_trajectory_controller (JTC) semantics (numpy, no ROS).
 
-The rules (docs: ../shared/DESIGN.md, "Contract with the controller"):
+The rules (docs/runbook.md, "What a stop is"; ros2_controllers' joint_trajectory_controller):
 - a new trajectory replaces the old one outright; `stamp == 0` means "start now";
 - point i is due at `stamp + times_from_start[i]`; a trajectory with a non-zero stamp whose last
   point is at or before `now` is rejected (ValueError) and the previous motion continues (JTC
@@ -17,8 +17,8 @@ Times are float seconds on whatever clock the caller uses. `max_velocity` (per j
 follower a simulated actuator: `advance` moves each joint at most `max_velocity * dt` from where
 the previous `advance` left it.
 
-`chunk_velocities` is the rule the host publishes velocities of a position-only chunk by (the same
-as the engine's postprocess kernel, flashrt_ros/runtime/kernels.py `postprocess_reference`).
+`chunk_velocities` (re-exported from flashrt_ros.host.limits) is the rule the host publishes
+velocities of a position-only chunk by, the engine's postprocess kernel's rule.
 """
 
 from __future__ import annotations
@@ -28,28 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def chunk_velocities(q0, positions, dt: float, max_velocity=None) -> np.ndarray:
-    """Velocities for a chunk of positions `[H, D]`, point k due at `(k + 1) * dt` after the joint
-    state `q0` it was computed from: v_k = clamp((p_{k+1} - p_{k-1}) / (2 dt), +-max_velocity) with
-    p_{-1} = q0, 0 where that quotient is not finite, and v_{H-1} = 0 (float64 `[H, D]`)."""
-    p = np.asarray(positions, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"positions must be [H, D], got shape {p.shape}")
-    q0 = np.asarray(q0, dtype=np.float64).reshape(p.shape[1])
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt!r}")
-    velocities = np.zeros_like(p)
-    if len(p) >= 2:
-        previous = np.concatenate([q0[None], p[:-2]])  # p_{k-1} for k = 0 .. H-2
-        with np.errstate(invalid="ignore", over="ignore"):
-            quotient = (p[1:] - previous) / (2.0 * dt)
-        finite = np.isfinite(quotient)
-        if max_velocity is not None:
-            limit = np.asarray(max_velocity, dtype=np.float64)
-            quotient = np.clip(quotient, -limit, limit)
-        velocities[:-1] = np.where(finite, quotient, 0.0)
-    return velocities
+from flashrt_ros.host.limits import chunk_velocities  # noqa: F401  (the host's rule, one place)
 
 
 @dataclass(frozen=True)
