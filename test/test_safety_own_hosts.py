@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from diagnostic_msgs.msg import DiagnosticStatus
 
 from host_harness import InProcessHost, Robot, fresh_episode, host_config, is_stop, wait_for
 
@@ -74,3 +75,68 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("event", ["interrupt", "stale joints", "reset", "stop and start", "callback fault"])
+def test_blend_never_blends_across_a_stop(event):
+    """overlap_policy 'blend': after a hold, interrupt, fault, reset or a new episode the first
+    chunk is the policy's own, not a cross-fade toward the plan from before the stop."""
+    h = InProcessHost(host_config(actor_hz=10.0, planner_hz=4.0, overlap_policy="blend"))
+    r = Robot(seed=5)
+    loop = h.loop
+    try:
+        r.wait_for_subscribers()
+        t0 = fresh_episode(r)
+        assert wait_for(lambda: sum(b for _, b in loop.blended) >= 2, 20.0), "chunks never blended"
+        t1 = time.monotonic()
+        if event == "interrupt":
+            r.send("interrupt", "operator")
+        elif event == "stale joints":
+            r.publish_joints = False
+        elif event == "reset":
+            assert r.call("reset").success
+        elif event == "stop and start":
+            assert r.call("stop").success
+        else:
+            put_joints = loop.put_joints
+            fired = []
+
+            def faulty(*args):
+                if not fired:
+                    fired.append(1)
+                    raise RuntimeError("injected")
+                return put_joints(*args)
+            loop.put_joints = faulty
+        assert wait_for(lambda: any(is_stop(t, r) for t in r.since("trajectories", t1)), 10.0), "no stop"
+        r.publish_joints = True
+        if event in ("interrupt", "stop and start"):
+            assert r.call("start").success
+        if event == "reset":
+            r.send("task", r.world.task_text)         # a reset clears the task
+        t2 = time.monotonic()
+        assert wait_for(lambda: len(r.since("chunks", t2)) >= 3, 20.0), "no chunks after the stop"
+        first = min(c.chunk_seq for c in r.since("chunks", t2))
+        log = dict(loop.blended)
+        assert log[first] is False                     # nothing from before the stop blended in
+        assert any(log[c.chunk_seq] for c in r.since("chunks", t2) if c.chunk_seq > first)   # blending goes on
+    finally:
+        r.close()
+        h.close()
+
+
+def test_a_chunk_wholly_in_the_past_is_reported_not_dropped_silently():
+    h = InProcessHost(host_config(actor_hz=10.0, planner_hz=4.0, max_stamp_skew_s=5.0))
+    r = Robot(seed=5)
+    try:
+        r.wait_for_subscribers()
+        fresh_episode(r)
+        horizon_s = h.loop.horizon * h.loop.dt
+        r.stamp_offset_s = horizon_s + 0.2          # every action of every chunk is already past
+        t0 = time.monotonic()
+        assert wait_for(lambda: h.loop.late_chunks >= 2, 10.0)
+        assert wait_for(lambda: (d := r.diagnostic("actor", t0)) is not None and d[0] == DiagnosticStatus.WARN
+                        and "already in the past" in d[1], 10.0)
+        r.stamp_offset_s = 0.0
+    finally:
+        r.close()
+        h.close()

@@ -126,6 +126,7 @@ class PolicyLoop:
         self.task_text = config.task
         self._coached_until = -math.inf
         self._last_chunk: tuple[int, float, np.ndarray, np.ndarray] | None = None   # blend's previous chunk
+        self.blended: deque[tuple[int, bool]] = deque(maxlen=256)   # (chunk_seq, blended into the previous)
         self.recording_path = ""
         self._run_dir: Path | None = None
         self._by_observation = config.actor_trigger == "observation"
@@ -564,6 +565,7 @@ class PolicyLoop:
         q0 = obs.joint_positions
         positions = result.positions[: self.horizon]
         if self.config.overlap_policy == "blend":
+            self.blended.append((self.chunk_seq, self._last_chunk is not None))
             positions, _ = self._blend(obs.stamp_ns, ready_ns, positions, result.velocities[: self.horizon])
         # limits last, so that nothing (blend included) can take a point past them. The chunk (as
         # published in ActionChunk, a function of the observation alone) is limited from the
