@@ -75,7 +75,8 @@ class Rig:
     def feed(self, camera=True, joints=True, stamp_offset_s=0.0, position=None):
         stamp = self.clock.ns - int(stamp_offset_s * 1e9)
         if camera:
-            self.loop.put_frame("top", self.world.render(), "rgb8", stamp, self.clock.s)
+            for cam in self.loop.config.cameras:
+                self.loop.put_frame(cam.name, self.world.render(), "rgb8", stamp, self.clock.s)
         if joints:
             q = self.world.position if position is None else np.asarray(position, np.float32)
             self.loop.put_joints(np.asarray(q, np.float32), stamp, self.clock.s)
@@ -294,3 +295,27 @@ def test_an_exception_in_a_callback_holds_reports_and_the_next_chunk_resumes():
 
 def test_joint_names_match_the_world():
     assert list(Rig().loop.config.joint_names) == list(JOINT_NAMES)
+
+
+def test_a_moment_of_unsynced_cameras_skips_a_cycle_without_a_stop_but_a_lasting_one_holds(tmp_path):
+    from flashrt_ros.tools.soak import _random_checkpoint
+    ckpt = _random_checkpoint(2, tmp_path)
+    rig = Rig(cameras=["a", "b"], checkpoint=str(ckpt), camera_timeout_s=0.4, max_stamp_skew_s=5.0)
+    rig.moving()
+    image = rig.world.render()
+
+    def unsynced():
+        """Both cameras fresh (just received), but b's frames are stamped 1.2 s late: a has no
+        frame within the slop (0.05 s) of b's newest."""
+        rig.loop.put_frame("b", image, "rgb8", rig.clock.ns - 1_200_000_000, rig.clock.s)
+        rig.loop.put_frame("a", image, "rgb8", rig.clock.ns, rig.clock.s)
+        rig.feed(camera=False)
+    rig.clock.advance(0.1)
+    unsynced()
+    assert rig.cycle() == []                     # skipped: the running trajectory goes on
+    assert rig.loop.unsynced_skips == 1 and rig.loop.holding is None
+    for _ in range(4):                           # still mismatched 0.5 s later: now it holds
+        rig.clock.advance(0.1)
+        unsynced()
+        events = rig.cycle()
+    assert [k for k, _ in events] == ["stop"] and "out of sync" in rig.loop.holding

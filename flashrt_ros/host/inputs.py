@@ -35,6 +35,12 @@ class Stale:
     reason: str
 
 
+@dataclass(frozen=True)
+class Unsynced(Stale):
+    """Every input is fresh, but the cameras' newest frames do not match within the slop (one
+    camera's frames are a moment behind): not a reason to stop, unless it lasts."""
+
+
 @dataclass
 class InputStats:
     received: int = 0
@@ -139,8 +145,8 @@ class LatestInputs:
                 self.unsynced += 1
                 spread = max(r[-1].stamp_ns for r in self._frames.values()) - \
                     min(r[-1].stamp_ns for r in self._frames.values())
-                return Stale(f"cameras out of sync: stamps {spread / 1e9:.3f} s apart "
-                             f"(camera_sync_slop_s {self.slop_ns / 1e9:g})")
+                return Unsynced(f"cameras out of sync: stamps {spread / 1e9:.3f} s apart "
+                                f"(camera_sync_slop_s {self.slop_ns / 1e9:g})")
         stamps = [f.stamp_ns for f in frames] + ([joints.stamp_ns] if need_joints else [])
         return Observation(images=[f.image for f in frames], encodings=[f.encoding for f in frames],
                            joint_positions=None if not need_joints else joints.positions.copy(),

@@ -43,7 +43,7 @@ import torch
 from flashrt_ros.engines.factory import make_engine
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
-from .inputs import Frame, LatestInputs, Stale
+from .inputs import Frame, LatestInputs, Stale, Unsynced
 from .limits import chunk_velocities, rate_limit, sample_trajectory, stop_duration
 from .params import ConfigError, HostConfig
 from .status import Meter, PlainLog, RecentEvent
@@ -133,6 +133,8 @@ class PolicyLoop:
         self._acted_stamp = -1              # stamp of the last observation acted on
         self._acted_version = -1            # subtask version of the last chunk
         self.repeated_observations = 0      # timer cycles skipped: nothing new since the last chunk
+        self.unsynced_skips = 0             # cycles skipped: cameras a moment out of sync, inputs fresh
+        self._last_synced = -math.inf       # clock() of the last synchronised observation
         self._plan_due = True               # observation trigger: plan at the next observation
         self._since_plan = 0                # observation trigger: observations since the planner ran
         self._planner_every = config.planner_every or max(1, round(config.actor_hz / config.planner_hz))
@@ -500,10 +502,15 @@ class PolicyLoop:
         with self._lock:
             if not self._issuing():
                 return
-            obs = self.inputs.observation(self.clock())
+            now = self.clock()
+            obs = self.inputs.observation(now)
+            if isinstance(obs, Unsynced) and now - self._last_synced <= self.config.camera_timeout_s:
+                self.unsynced_skips += 1    # a moment's mismatch: the running trajectory goes on
+                return
             if isinstance(obs, Stale):
                 self._hold(obs.reason, stale=True)
                 return
+            self._last_synced = now
             if self._by_observation and not self.inputs.complete_after(self._acted_stamp):
                 return              # wait for the rest of this observation (or the next one)
             epoch = self._epoch

@@ -46,7 +46,9 @@ ACTION_CHUNK_TOPIC = "flashrt/action_chunk"
 TRAJECTORY_TOPIC = "flashrt/joint_trajectory"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 # Reliable, newest only: a lost fragment of a large image is repaired instead of the image dropped.
-CAMERA_RELIABLE = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
+# Depth 5: a burst of frames while the executor is busy (~150 ms at 30 Hz) is kept, so the cameras'
+# rings still hold frames that match each other.
+CAMERA_RELIABLE = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE)
 # Iron+ rclpy passes (msg, MessageInfo) to a two-argument callback; Humble's only the message.
 MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 

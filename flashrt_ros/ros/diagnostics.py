@@ -181,6 +181,7 @@ def _inputs_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
             recent_errors.append(f"{source}: {stats.last_error}")
     values["stale_events"] = loop.stale_events
     values["unsynced_cycles"] = loop.inputs.unsynced
+    values["unsynced_skips"] = loop.unsynced_skips
     stale = loop.holding if loop.holding_stale else ""
     values["stale"] = stale
     if recent_errors:

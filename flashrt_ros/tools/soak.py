@@ -209,7 +209,8 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="flashrt_soak_") as tmp:
         if args.cameras > 1 and not any(s.startswith(("checkpoint=", "model=", "preset=")) for s in args.set):
             sets.append(f"checkpoint={_random_checkpoint(args.cameras, Path(tmp))}")
-        with open(Path(tmp) / "host.log", "w") as log:
+        host_log = Path(args.host_log) if args.host_log else Path(tmp) / "host.log"
+        with open(host_log, "w") as log:
             host = start_host(sets, args.host_cmd, stderr=log)
         robot = None
         previous = signal.signal(signal.SIGTERM, _exit) if threading.current_thread() is threading.main_thread() \
@@ -221,7 +222,7 @@ def run(args) -> dict:
             # host up, discovery, first subtask, and a first actor diagnostic (the deadline-miss baseline)
             while sum(1 for t in robot.trajectories if not t[2]) < 5 or "flashrt: actor" not in robot.diagnostics:
                 if host.poll() is not None or time.monotonic() > deadline:
-                    log = (Path(tmp) / "host.log").read_text()[-3000:]
+                    log = host_log.read_text()[-3000:]
                     raise RuntimeError(f"the host produced no trajectories (exit {host.poll()}):\n{log}")
                 time.sleep(0.1)
             misses = robot.diagnostics.get("flashrt: actor", {}).get("deadline_misses")
@@ -229,7 +230,7 @@ def run(args) -> dict:
             while time.time() < t0 + args.seconds:
                 if host.poll() is not None:
                     raise RuntimeError(f"the host exited ({host.returncode}) during the soak:\n"
-                                       + (Path(tmp) / "host.log").read_text()[-3000:])
+                                       + host_log.read_text()[-3000:])
                 time.sleep(0.2)
             t1 = time.time()
         finally:
@@ -274,6 +275,7 @@ def main(argv=None) -> int:
     ap.add_argument("--startup-timeout", type=float, default=120.0)
     ap.add_argument("--out", default="docs/benchmarks")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--host-log", default="", help="keep the host's log (stderr) in this file")
     args = ap.parse_args(argv)
     if args.cameras < 1:
         ap.error("--cameras must be >= 1")
