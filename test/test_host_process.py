@@ -109,3 +109,30 @@ def test_a_start_up_failure_is_reported_and_the_process_keeps_serving(tmp_path):
         robot.close()
     assert code == 0, out
     assert "configure failed: DeviceError" in out
+
+
+def test_a_host_killed_with_sigkill_leaves_a_readable_bag_up_to_the_last_chunks(tmp_path):
+    """The recorder writes on its own thread and flushes after every chunk: a SIGKILL mid-episode
+    (nothing unwinds) leaves a bag that opens, holding the chunks up to shortly before the kill."""
+    proc = start_host(tmp_path)
+    robot = Robot(seed=11, camera_topic="/camera/top/image_raw/compressed", jpeg=True)
+    try:
+        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
+        assert wait_for(lambda: robot.call("ready").success or proc.poll() is not None, 60.0, 0.2)
+        robot.wait_for_subscribers()
+        robot.send("task", robot.world.task_text)
+        t0 = time.monotonic()
+        assert wait_for(lambda: len(robot.since("chunks", t0)) >= 20, 30.0), "no chunks from the host process"
+        published = len(robot.since("chunks", 0))
+        proc.kill()
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            finish(proc)
+        robot.close()
+    bags = sorted((tmp_path / "bags").glob("run_*/episode_*"))
+    assert len(bags) == 1
+    counts, chunks = read_bag(bags[0])
+    # every chunk but the last few (in the recorder's queue, or published after the count) is there
+    assert counts["/flashrt/action_chunk"] >= published - 5, (counts, published)
+    assert [c.chunk_seq for c in chunks] == sorted(c.chunk_seq for c in chunks)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,35 @@ def test_writer_killed_mid_stream_leaves_a_readable_bag(tmp_path, sig):
         assert len(recorded) - 5 <= reader.message_count <= len(recorded)
     closed = (tmp_path / "episode_0007" / "metadata.yaml").read_text().startswith("rosbag2_bagfile_information:")
     assert closed == (sig == signal.SIGINT)  # Ctrl-C unwinds through close(); SIGKILL leaves the flushed bag
+
+
+def test_the_async_recorder_drops_images_when_behind_and_never_anything_else(tmp_path):
+    """Behind a bounded queue: with the writer stalled, images beyond the bound are dropped and
+    counted; chunks, subtasks and text are all written once it catches up."""
+    from flashrt_ros.host.recorder import AsyncRecorder
+    rec = AsyncRecorder(max_droppable=4)
+    topics = {"/camera/top/image_raw": Image, "/flashrt/subtask": Subtask, "/flashrt/action_chunk": ActionChunk}
+    gate = threading.Event()
+    real_handle = rec._handle
+
+    def stalled(kind, payload):                  # the disk is slow: nothing is written until the gate opens
+        gate.wait(10)
+        real_handle(kind, payload)
+    rec._handle = stalled
+    rec.open(tmp_path, 1, topics)
+    image = image_to_msg(np.zeros((8, 8, 3), np.uint8), "rgb8", 1_000, "cam")
+    for k in range(20):
+        rec.write("/camera/top/image_raw", image, 1_000 + k, droppable=True)
+        rec.write("/flashrt/action_chunk", action_chunk_msg(
+            np.zeros((4, 2), np.float32), joint_names=["a", "b"], stamp_ns=1_000 + k, dt=0.05, chunk_seq=k + 1,
+            episode_id=1, subtask="go to red", subtask_version=1, inference_latency=0.001), 1_000 + k)
+    rec.write("/flashrt/subtask", subtask_msg("go to red", 1, "planner", 2_000), 2_000)
+    assert rec.dropped == 16                    # 20 images, 4 waiting at most
+    gate.set()
+    rec.stop()
+    assert rec.errors == 0, rec.last_error
+    counts = {}
+    with Reader(tmp_path / "episode_0001") as reader:
+        for conn, _, _ in reader.messages():
+            counts[conn.topic] = counts.get(conn.topic, 0) + 1
+    assert counts == {"/camera/top/image_raw": 4, "/flashrt/action_chunk": 20, "/flashrt/subtask": 1}
