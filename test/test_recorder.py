@@ -152,7 +152,8 @@ def test_an_exception_mid_episode_leaves_a_complete_bag(tmp_path):
 
 
 WRITER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when launched with SIGINT ignored
     from sensor_msgs.msg import JointState
     from flashrt_ros.msg import ActionChunk
     from flashrt_ros.host.recorder import EpisodeRecorder

@@ -304,7 +304,8 @@ class EpisodeRecorder:
         self.written = {topic: 0 for topic in topics}
         self.last_stamp_ns = 0
         self._unstamped: list[tuple[str, bytes]] = []  # written with stamp 0 before any real stamp
-        self._lock = threading.Lock()
+        # Reentrant: close() from __exit__ must not deadlock when Ctrl-C lands inside write()
+        self._lock = threading.RLock()
         self._serialize = None
 
         store = bag_typestore()

@@ -182,7 +182,7 @@ def bench_interference(engine: Engine, seconds: float, actor_hz: float, planner_
             while not stop.is_set():
                 for g in engine.planner_graphs:  # whole planner enqueued at once
                     g.replay(stream)
-                (stream or engine.planner_graphs[-1].stream).synchronize()
+                (stream.synchronize() if stream is not None else engine.planner_graphs[-1].synchronize())
                 nxt += planner_period
                 time.sleep(max(0.0, nxt - time.perf_counter()))
         th = threading.Thread(target=planner_loop)
