@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench-lerobot": ("flashrt_ros.tools.bench_lerobot", "benchmark a LeRobot checkpoint: graph vs eager vs floor"),
     "bench-ros": ("flashrt_ros.tools.bench_ros", "benchmark camera message -> action chunk through the ROS host"),
     "soak": ("flashrt_ros.tools.soak", "benchmark a long run of the host against a moving robot: stalls, holds, latency"),
+    "recover": ("flashrt_ros.tools.recover", "make an episode bag cut short by a crash readable again"),
     "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world"),
 }
 

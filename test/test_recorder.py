@@ -230,3 +230,30 @@ def test_the_async_recorder_drops_images_when_behind_and_never_anything_else(tmp
         for conn, _, _ in reader.messages():
             counts[conn.topic] = counts.get(conn.topic, 0) + 1
     assert counts == {"/camera/top/image_raw": 4, "/flashrt/action_chunk": 20, "/flashrt/subtask": 1}
+
+
+@pytest.mark.parametrize("cut", ["header only", "past the old end"])
+def test_recover_cuts_a_record_a_kill_left_half_written_and_keeps_every_flush(tmp_path, cut):
+    """SIGKILL while a chunk is written: the file holds the start of a record that never ended
+    (observed: its 9-byte header over the previous tail). Readers refuse it; recover() cuts it off."""
+    from flashrt_ros.host.recorder import recover
+    rec = EpisodeRecorder(tmp_path, 3, {"/joint_states": JointState, "/flashrt/action_chunk": ActionChunk})
+    for i in range(12):
+        rec.write("/joint_states", JointState(name=["joint_x"], position=[float(i)]), 1000 + i)
+        if i % 4 == 3:
+            rec.write("/flashrt/action_chunk", ActionChunk(chunk_seq=i, horizon=1, actions=[float(i)]), 1000 + i)
+    mcap = rec.mcap_path
+    valid = mcap.read_bytes()                    # after the third flush: 12 joint states, 3 chunks
+    tail_at = rec._writer.storage.tail_at
+    chunk_header = b"\x06" + (5892).to_bytes(8, "little")
+    broken = valid[:tail_at] + chunk_header + (b"" if cut == "header only" else bytes(4000))
+    if cut == "header only":
+        broken += valid[tail_at + len(chunk_header):]          # the rest of the old tail still there
+    mcap.write_bytes(broken)
+    with pytest.raises(Exception):
+        read_bag(rec.path)
+    assert recover(rec.path)                    # it changed the file
+    messages = read_bag(rec.path)
+    assert [t for t, _, _ in messages].count("/flashrt/action_chunk") == 3
+    assert [t for t, _, _ in messages].count("/joint_states") == 12
+    assert recover(rec.path) == []              # a complete file is left alone

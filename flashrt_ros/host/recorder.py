@@ -16,7 +16,9 @@ What this module does instead (still rosbags' `Writer`, connection handling and 
 
 So: after close, after an exception (context manager), after SIGINT (KeyboardInterrupt unwinds
 through close) every message is there; after SIGKILL everything up to the last flush is (the
-bag is flushed after every chunk). Flushing hands data to the kernel, which survives the death of
+bag is flushed after every chunk). A SIGKILL that lands while a chunk is being written leaves that
+record cut short (the reader then refuses the file): `recover()` (`flashrt-ros recover BAG`) cuts
+the file back to its last whole record and ends it validly, keeping every earlier flush. Flushing hands data to the kernel, which survives the death of
 the process but not a power cut; `close()` fsyncs the bag, its metadata and its directory, so a
 closed episode survives power loss too.
 
@@ -126,6 +128,48 @@ def exact_cdr(data: bytes | bytearray | memoryview, type_name: str) -> bytes:
 
 
 # --- storage -------------------------------------------------------------------------------
+def recover(bag_dir: Path) -> list[str]:
+    """Make the MCAP files of a bag cut short by a crash readable again: each is cut back to the
+    end of its last whole record before the first incomplete one (or the first DataEnd, where an
+    earlier tail still stands) and ended with a valid summary-less tail. Returns what it did, one
+    line per file changed; a file that is already complete is left as it is."""
+    done = []
+    for path in sorted(Path(bag_dir).glob("*.mcap")):
+        with open(path, "r+b") as f:
+            data = f.read()
+            if not data.startswith(_MAGIC):
+                raise RecorderError(f"{path}: not an MCAP file")
+            if data.endswith(_MAGIC) and _complete(data):
+                continue
+            pos = len(_MAGIC)
+            while pos + 9 <= len(data):
+                op, size = data[pos], int.from_bytes(data[pos + 1: pos + 9], "little")
+                if op in (0x0F, 0x02) or pos + 9 + size > len(data):
+                    break
+                pos += 9 + size
+            f.seek(pos)
+            f.write(_TAIL)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+        done.append(f"{path}: cut back to {pos} bytes of {len(data)} and closed")
+    return done
+
+
+def _complete(data: bytes) -> bool:
+    """Every record before the footer is whole (a valid file ends in a footer and magic)."""
+    pos, end = len(_MAGIC), len(data) - len(_MAGIC)
+    while pos + 9 <= end:
+        op, size = data[pos], int.from_bytes(data[pos + 1: pos + 9], "little")
+        if pos + 9 + size > end:
+            return False
+        if op == 0x02:
+            return pos + 9 + size == end
+        pos += 9 + size
+    return False
+
+
+
 class _DurableMcapWriter(McapWriter):
     """rosbags' MCAP storage whose file is a complete summary-less MCAP after every `flush()`."""
 
