@@ -139,6 +139,7 @@ class WorldNode(Node):
         self.running = False  # an episode is in progress (stepping)
         self.trajectories = 0
         self.rejected = 0
+        self._burst: list | None = None  # lockstep: the observations of a burst of steps (the last is published)
 
         self.image_pub = self.create_publisher(Image, "/camera/top/image_raw", 10)
         self.joint_pub = self.create_publisher(JointState, "/joint_states", 10)
@@ -256,6 +257,7 @@ class WorldNode(Node):
         self.world.step()
         self._publish_observation()
         if self.world.done:
+            self._flush_burst()             # the episode's last observations before its end event
             self._end_episode("success" if self.world.success else "time_limit")
             if self.get_parameter("auto_reset").value:
                 self.start_episode(self.world.seed + 1)
@@ -267,10 +269,18 @@ class WorldNode(Node):
                              joint_state_to_msg(JOINT_NAMES, obs.joint_positions, stamp_ns),
                              Clock(clock=ns_to_stamp(stamp_ns)))
         self.clock_ns = stamp_ns
-        self._republish()
+        if self._burst is not None:
+            self._burst.append(self._observation)
+        else:
+            self._republish()
 
-    def _republish(self) -> None:
-        image, joints, clock = self._observation
+    def _flush_burst(self) -> None:
+        burst, self._burst = self._burst, None
+        if burst:
+            self._republish(burst[-1])
+
+    def _republish(self, observation=None) -> None:
+        image, joints, clock = observation or self._observation
         # Observation before /clock: a host woken by the new time already has the new image.
         self.image_pub.publish(image)
         self.joint_pub.publish(joints)
@@ -302,9 +312,19 @@ class WorldNode(Node):
             self._republish()
 
     def _advance(self) -> None:
-        """Lockstep: step on while no answer is due."""
-        while self.time_mode == "lockstep" and self.running and self.gate.may_step_now(self.sim_seconds()):
-            self._step()
+        """Lockstep: step on while no answer is due, and publish the observation (and /clock) of
+        where the burst ends: the one the host is due to answer, as the in-process loop's actor
+        sees every `actor_period_steps`-th step. Publishing the steps in between let a host whose
+        timer runs on the wall clock answer those too, as often as the machine's speed allowed
+        (10 to 14 answers per world second on the same code)."""
+        if self.time_mode != "lockstep":
+            return
+        self._burst = []
+        try:
+            while self.running and self.gate.may_step_now(self.sim_seconds()):
+                self._step()
+        finally:
+            self._flush_burst()
 
     # --- trajectories ----------------------------------------------------------------------------
     def _on_trajectory(self, msg: JointTrajectory) -> None:
