@@ -1,6 +1,6 @@
 """The reference world as a ROS 2 node: the robot the host drives in the demo, the tests and CI.
 
-Publishes each world step the top camera (`/camera/top/image_raw`, sensor_msgs/Image rgb8) and
+Publishes each world step (realtime; lockstep: see below) the top camera (`/camera/top/image_raw`, sensor_msgs/Image rgb8) and
 `/joint_states` (joint_x, joint_y), both stamped with the world time of that step; the task text
 on `/flashrt/task` at every episode start (transient-local, so a host that starts later gets it);
 episode events on `~/episode` (std_msgs/String, JSON: `{"event": "start" | "end", ...}`; the end
@@ -15,9 +15,10 @@ Time, parameter `time_mode`:
 - `realtime`: a wall-clock timer steps the world every dt, as a robot lives. No /clock.
 - `lockstep`: the world owns time. It publishes `/clock` (the host runs with use_sim_time) and
   steps as fast as the host keeps up: whenever the host's actor is due (no trajectory received
-  during the last `lockstep_period` of world time) it waits for the next one before stepping. Runs
-  faster than real time on a fast host and gives the same trajectory on a slow one, so a run over
-  ROS is comparable with the in-process `run_episode`. A host that stops answering (interrupted,
+  during the last `lockstep_period` of world time) it waits for the next one before stepping, and
+  it publishes the observation (and `/clock`) where such a burst of steps ends, the one the host is
+  due to answer. Runs faster than real time on a fast host and gives the same trajectory on a slow
+  one, so a run over ROS is comparable with the in-process `run_episode`. A host that stops answering (interrupted,
   stopped, crashed) is waited for `lockstep_timeout` seconds, then the world free-runs at real-time
   pace until a trajectory arrives again.
 
