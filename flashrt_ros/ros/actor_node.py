@@ -33,12 +33,13 @@ from trajectory_msgs.msg import JointTrajectory
 from flashrt_ros.msg import ActionChunk
 
 from flashrt_ros.host.loop import PolicyLoop
-from flashrt_ros.host.params import CameraConfig, declare_host_parameters, host_parameter_overrides
+from flashrt_ros.host.params import CameraConfig
 from flashrt_ros.host.status import Meter
 
 from .conversions import (InputError, chunk_msg, image_from_compressed, image_from_msg,
                           joint_positions_from_msg, joint_trajectory_msg, stamp_to_ns)
 from .diagnostics import build_report
+from .params import declare_host_parameters, host_parameter_overrides
 
 JOINT_STATES_TOPIC = "joint_states"
 INTERRUPT_TOPIC = "flashrt/interrupt"

@@ -16,7 +16,7 @@ from flashrt_ros.msg import Subtask
 
 from .actor_node import guarded
 from .conversions import InputError, subtask_msg, text_from_msg
-from flashrt_ros.host.params import declare_host_parameters, host_parameter_overrides
+from .params import declare_host_parameters, host_parameter_overrides
 from flashrt_ros.host.loop import PolicyLoop
 
 TASK_TOPIC = "flashrt/task"
