@@ -119,8 +119,6 @@ def test_malformed_images_are_refused_with_a_diagnostic_and_the_host_keeps_servi
 @pytest.mark.parametrize("names, positions, why", [
     (["joint_x", "joint_y"], [float("nan"), 0.5], "not finite"),
     (["joint_x", "joint_y"], [0.5, float("inf")], "not finite"),
-    (["shoulder", "elbow"], [0.5, 0.5], "lacks configured joints"),
-    (["joint_x"], [0.5], "lacks configured joints"),
     (["joint_x", "joint_y"], [0.5], "2 names but 1 positions"),
 ])
 def test_bad_joint_states_are_refused_with_a_diagnostic(host, robot, episode, names, positions, why):
@@ -136,6 +134,29 @@ def test_bad_joint_states_are_refused_with_a_diagnostic(host, robot, episode, na
     assert all(np.all(np.isfinite(c.actions)) for c in robot.since("chunks", t1))
 
 
+def test_a_joint_state_with_some_joints_updates_those_and_the_missing_one_goes_stale_by_name(host, robot, episode):
+    """Joint states merge by name (arm and gripper drivers publish apart): a message with only
+    joint_x keeps joint_x fresh; joint_y, no longer published, goes stale and the host holds
+    saying which joint; a message naming none of the host's joints is not an error."""
+    robot.publish_joints = False
+    t0 = time.monotonic()
+    deadline = t0 + 3.0
+    while time.monotonic() < deadline and not (host.loop.holding or "").startswith("joint states are stale"):
+        for names, positions in ((["joint_x"], [float(robot.world.position[0])]), (["shoulder"], [0.1])):
+            msg = JointState(name=names, position=positions)
+            msg.header.stamp = robot.node.get_clock().now().to_msg()
+            robot.joint_pub.publish(msg)
+        time.sleep(0.05)
+    assert host.loop.holding == ("joint states are stale: ['joint_y'] from joint_states, last "
+                                 f"{host.loop.holding.split('last ')[1].split(' s ago')[0]} s ago "
+                                 "(joint_state_timeout_s 0.4)"), host.loop.holding
+    assert host.loop.inputs.stats["joint_states"].last_error == "" or \
+        "shoulder" not in host.loop.inputs.stats["joint_states"].last_error
+    robot.publish_joints = True
+    t1 = time.monotonic()
+    assert wait_for(lambda: len(robot.since("chunks", t1)) >= 2)
+
+
 def test_extra_joints_in_any_order_are_accepted(host, robot, episode):
     robot.publish_joints = False
     received = host.loop.inputs.stats["joint_states"].received
@@ -143,7 +164,7 @@ def test_extra_joints_in_any_order_are_accepted(host, robot, episode):
     msg = joint_state_to_msg(["gripper", "joint_y", "wrist", "joint_x"], [0.0, y, 1.0, x])
     robot.joint_pub.publish(msg)
     assert wait_for(lambda: host.loop.inputs.stats["joint_states"].received > received)
-    np.testing.assert_allclose(host.loop.inputs.last_joint_positions, [x, y], atol=1e-6)
+    np.testing.assert_allclose(host.loop.inputs.joints().positions, [x, y], atol=1e-6)
     robot.publish_joints = True
 
 

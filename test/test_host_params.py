@@ -53,7 +53,7 @@ def test_command_line_beats_environment_beats_params_file(tmp_path):
 
 
 def test_ros_style_arguments_form_the_file_and_command_line_layers(tmp_path):
-    f = write(tmp_path, "flashrt_actor:\n  ros__parameters:\n    actor_hz: 5\n    camera:\n      top:\n"
+    f = write(tmp_path, "/arm/flashrt_actor:\n  ros__parameters:\n    actor_hz: 5\n    camera:\n      top:\n"
                         "        transport: compressed\n")
     args = parse_host_args(["--set", "planner_hz=3", "--ros-args", "--params-file", str(f), "-p", "seed:=7",
                             "-p", "use_sim_time:=true", "-r", "__ns:=/arm"], env={"FLASHRT_SEED": "1"})
@@ -231,7 +231,7 @@ def test_nan_cannot_leave_through_the_output_conversions():
         joint_trajectory_msg(TrajectoryOut(0, np.array([0.05]), np.zeros_like(bad), bad), ["a", "b"])
     with pytest.raises(ValueError, match="NaN"):
         action_chunk_msg(bad, joint_names=["a", "b"], stamp_ns=0, dt=0.05, chunk_seq=1, episode_id=1,
-                         subtask="go to red", subtask_version=1, inference_latency=0.01)
+                         subtask="go to red", subtask_version=1, observation_to_ready=0.02, inference_time=0.01)
 
 
 def test_subtask_message_sources():
@@ -247,8 +247,9 @@ def frame(stamp_s: float, received: float) -> Frame:
 
 
 def test_cameras_sync_latest_within_slop():
-    inputs = LatestInputs(["left", "right"], slop_s=0.02, camera_timeout_s=1.0, joint_timeout_s=1.0)
-    inputs.put_joints(np.zeros(2, np.float32), int(1.05e9), 10.0)
+    inputs = LatestInputs(["left", "right"], slop_s=0.02, camera_timeout_s=1.0, joint_timeout_s=1.0,
+                          joint_names=["x", "y"])
+    inputs.put_joints({"x": 0.0, "y": 0.0}, int(1.05e9), 10.0)
     for t in (1.00, 1.033, 1.066):
         inputs.put_frame("left", frame(t, 10.0))
     for t in (1.01, 1.05):
@@ -264,11 +265,12 @@ def test_cameras_sync_latest_within_slop():
 
 
 def test_inputs_go_stale_by_time_since_the_last_valid_message():
-    inputs = LatestInputs(["top"], slop_s=0.05, camera_timeout_s=0.5, joint_timeout_s=0.3)
+    inputs = LatestInputs(["top"], slop_s=0.05, camera_timeout_s=0.5, joint_timeout_s=0.3, joint_names=["x", "y"])
     assert "no image" in inputs.observation(0.0).reason
     inputs.put_frame("top", frame(1.0, 10.0))
-    assert "no /joint_states" in inputs.observation(10.0).reason
-    inputs.put_joints(np.zeros(2, np.float32), int(1e9), 10.0)
+    assert "no joint state yet for ['x', 'y'] (joint_state_topics ['joint_states']: nothing received)" in \
+        inputs.observation(10.0).reason
+    inputs.put_joints({"x": 0.0, "y": 0.0}, int(1e9), 10.0)
     assert isinstance(inputs.observation(10.2), Observation)
     assert "joint states are stale" in inputs.observation(10.4).reason
     assert "camera 'top' is stale" in inputs.observation(10.6).reason

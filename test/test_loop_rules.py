@@ -79,7 +79,8 @@ class Rig:
                 self.loop.put_frame(cam.name, self.world.render(), "rgb8", stamp, self.clock.s)
         if joints:
             q = self.world.position if position is None else np.asarray(position, np.float32)
-            self.loop.put_joints(np.asarray(q, np.float32), stamp, self.clock.s)
+            self.loop.put_joints(dict(zip(self.loop.config.joint_names, np.asarray(q, np.float32).tolist())),
+                                 stamp, self.clock.s)
 
     def cycle(self):
         """One actor period: time moves on, fresh inputs, one cycle. Returns what it published."""

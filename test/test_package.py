@@ -28,7 +28,9 @@ ACTION_CHUNK_FIELDS = {
     "action_dim": "uint32",
     "joint_names": "sequence<string>",
     "actions": "sequence<float>",
-    "inference_latency": "float",
+    "velocities": "sequence<float>",
+    "observation_to_ready": "float",
+    "inference_time": "float",
 }
 SUBTASK_FIELDS = {
     "stamp": "builtin_interfaces/Time",
@@ -67,7 +69,9 @@ def _sample_chunk(horizon: int = 50, action_dim: int = 2):
     msg.joint_names = ["joint_x", "joint_y"]
     actions = np.random.default_rng(0).uniform(0.0, 1.0, (horizon, action_dim)).astype(np.float32)
     msg.actions = actions.ravel().tolist()
-    msg.inference_latency = 0.0123
+    msg.velocities = (-actions).ravel().tolist()
+    msg.observation_to_ready = 0.0321
+    msg.inference_time = 0.0123
     return msg, actions
 
 
@@ -78,7 +82,9 @@ def _assert_chunk_equal(received, sent, actions: np.ndarray) -> None:
         assert getattr(received, field) == getattr(sent, field), field
     assert list(received.joint_names) == list(sent.joint_names)
     assert np.float32(received.dt) == np.float32(sent.dt)
-    assert np.float32(received.inference_latency) == np.float32(sent.inference_latency)
+    assert np.float32(received.inference_time) == np.float32(sent.inference_time)
+    assert np.float32(received.observation_to_ready) == np.float32(sent.observation_to_ready)
+    np.testing.assert_array_equal(np.asarray(received.velocities, np.float32).reshape(actions.shape), -actions)
     got = np.asarray(received.actions, dtype=np.float32).reshape(received.horizon, received.action_dim)
     np.testing.assert_array_equal(got, actions)
 

@@ -57,7 +57,7 @@ def episode_messages(n_steps: int = 12):
             positions = rng.uniform(0, 1, (16, 2)).astype(np.float32)
             out.append(("/flashrt/action_chunk", action_chunk_msg(
                 positions, joint_names=["joint_x", "joint_y"], stamp_ns=stamp, dt=0.05, chunk_seq=k // 2 + 1,
-                episode_id=3, subtask="go to red", subtask_version=1, inference_latency=0.004), stamp + 2))
+                episode_id=3, subtask="go to red", subtask_version=1, observation_to_ready=0.01, inference_time=0.004), stamp + 2))
             trajectory = JointTrajectory(joint_names=["joint_x", "joint_y"])
             trajectory.points = [JointTrajectoryPoint(positions=p.astype(float).tolist(), velocities=[0.1, -0.1],
                                                       time_from_start=seconds_to_duration((i + 1) * 0.05))
@@ -219,7 +219,7 @@ def test_the_async_recorder_drops_images_when_behind_and_never_anything_else(tmp
         rec.write("/camera/top/image_raw", image, 1_000 + k, droppable=True)
         rec.write("/flashrt/action_chunk", action_chunk_msg(
             np.zeros((4, 2), np.float32), joint_names=["a", "b"], stamp_ns=1_000 + k, dt=0.05, chunk_seq=k + 1,
-            episode_id=1, subtask="go to red", subtask_version=1, inference_latency=0.001), 1_000 + k)
+            episode_id=1, subtask="go to red", subtask_version=1, observation_to_ready=0.01, inference_time=0.001), 1_000 + k)
     rec.write("/flashrt/subtask", subtask_msg("go to red", 1, "planner", 2_000), 2_000)
     assert rec.dropped == 16                    # 20 images, 4 waiting at most
     gate.set()

@@ -43,6 +43,20 @@ def check_joints(joint_positions, state_dim: int) -> np.ndarray:
     return q
 
 
+def action_start(state: np.ndarray, action_origin, action_dim: int) -> np.ndarray:
+    """Where the commanded joints are, in action units: the chunk's velocities start from it.
+    `action_origin` when the state is not the action's joints (state_joints != joint_names)."""
+    if action_origin is not None:
+        q0 = np.asarray(action_origin, dtype=np.float32).reshape(-1)
+        if q0.shape != (action_dim,) or not np.all(np.isfinite(q0)):
+            raise ValueError(f"action origin must be {action_dim} finite values, got {q0.tolist()}")
+        return q0
+    if state.shape != (action_dim,):
+        raise ValueError(f"the state has {state.shape[0]} values and the actions {action_dim}: pass "
+                         f"action_origin (where the commanded joints are)")
+    return state
+
+
 class ChunkIO:
     """What every engine does around its actor graph: the flow-matching noise into "actor.noise",
     drawn on the CPU from (seed, chunk_seq) so a chunk is the same on every device and in every

@@ -28,7 +28,7 @@ from flashrt_ros.models.tokenizer import WordTokenizer
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
 from flashrt_ros.runtime.kernels import Postprocessor, Preprocessor
 
-from .base import MAX_TEXT_BYTES, ChunkIO, ChunkResult, _on, check_joints, check_text
+from .base import MAX_TEXT_BYTES, ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
 
 
 class Engine:
@@ -238,16 +238,17 @@ class Engine:
 
     # --- actor -----------------------------------------------------------------------------------
     def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
-            chunk_seq: int = 0) -> ChunkResult:
+            chunk_seq: int = 0, action_origin: np.ndarray | None = None) -> ChunkResult:
         """One action chunk from one observation: one graph replay for encode + all denoise steps."""
         t0 = time.perf_counter()
         q = check_joints(joint_positions, self.config.state_dim)
+        q0 = action_start(q, action_origin, self.config.action_dim)
         stream = self.actor_stream
         self._load_images("actor.images", images, encodings, stream=stream)
         self.buffers.write("actor.state", q[None], stream=stream)
         self.chunk_io.write_noise(chunk_seq, stream)
         self.actor_graph.replay()
-        positions, velocities, nonfinite, version = self.chunk_io.fetch(q, stream)
+        positions, velocities, nonfinite, version = self.chunk_io.fetch(q0, stream)
         return ChunkResult(
             chunk_seq=int(chunk_seq), positions=positions, velocities=velocities, dt=self.config.chunk_dt,
             subtask_version=version, subtask_text=self._subtask_texts.get(version, ""), nonfinite=nonfinite,

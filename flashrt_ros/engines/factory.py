@@ -16,12 +16,16 @@ def engine_factory(model: str) -> tuple[Callable[..., Any], dict]:
     return Engine, set()
 
 
-def make_engine(config, factory: Callable[..., Any] | None = None):
-    """The engine for a HostConfig. `factory` (tests) replaces the class and gets the common arguments."""
+def make_engine(config, factory: Callable[..., Any] | None = None, limits=None):
+    """The engine for a HostConfig. `factory` (tests) replaces the class and gets the common
+    arguments. `limits`: ([A, 2] joint limits, [A] max velocity) in the policy's units (the host's
+    JointMap.policy_limits; default: the config's, when the units are the same)."""
     cls, extra = (factory, set()) if factory is not None else engine_factory(config.model)
+    if limits is None:
+        limits = (config.joint_limits, np.asarray(config.max_velocity, np.float32))
+    limits, vmax = limits
     kwargs = dict(checkpoint=config.checkpoint or None, preset=config.preset, device=config.device,
-                  seed=config.seed, joint_limits=config.joint_limits,
-                  max_velocity=np.asarray(config.max_velocity, np.float32), planner_pieces=config.planner_pieces,
+                  seed=config.seed, joint_limits=limits, max_velocity=vmax, planner_pieces=config.planner_pieces,
                   dtype=config.dtype, compile_actor=config.compile)
     if "tokenizer" in extra:
         kwargs["tokenizer"] = config.tokenizer or None

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .base import ChunkIO, ChunkResult, _on, check_joints, check_text
+from .base import ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
 from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.models.lerobot.loader import PolicyDirError
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
@@ -190,10 +190,11 @@ class LerobotEngine:
 
     # --- the actor -----------------------------------------------------------------------------------
     def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
-            chunk_seq: int = 0) -> ChunkResult:
+            chunk_seq: int = 0, action_origin: np.ndarray | None = None) -> ChunkResult:
         t0 = time.perf_counter()
         p = self.policy
         q = check_joints(joint_positions, p.state_dim)
+        q0 = action_start(q, action_origin, self.config.action_dim)
         if len(images) != self.config.n_cameras or len(encodings) != len(images):
             raise ValueError(f"the policy takes {self.config.n_cameras} camera image(s) {p.camera_keys}, got "
                              f"{len(images)} images and {len(encodings)} encodings")
@@ -210,7 +211,7 @@ class LerobotEngine:
             self.buffers["actor.images"].copy_(p.model.prepare_images([c[None] for c in cams]))
         self.chunk_io.write_noise(chunk_seq, stream)
         self.actor_graph.replay()
-        positions, velocities, nonfinite, version = self.chunk_io.fetch(q, stream)
+        positions, velocities, nonfinite, version = self.chunk_io.fetch(q0, stream)
         if self.prompt_in_channel:
             text = self.channel.state.text if version == self.channel.state.version else ""
         else:

@@ -44,6 +44,7 @@ from flashrt_ros.engines.factory import make_engine
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
 from .inputs import Frame, LatestInputs, Stale, Unsynced
+from .joints import JointMap
 from .limits import chunk_velocities, rate_limit, sample_trajectory, stop_duration
 from .params import ConfigError, HostConfig
 from .status import Meter, PlainLog, RecentEvent
@@ -68,12 +69,14 @@ class ChunkOut:
     over; None when every action was already in the past)."""
     stamp_ns: int              # the observation's stamp
     dt: float
-    positions: np.ndarray      # [H, D] float32
+    positions: np.ndarray      # [H, D] float32, ROS units
+    velocities: np.ndarray     # [H, D] float32, consistent with positions (from the measured state)
     chunk_seq: int
     episode_id: int
     subtask: str
     subtask_version: int
-    inference_latency: float
+    inference_time: float      # engine.act wall time, seconds
+    ready_ns: int              # when it was ready to publish (ROS clock): ready_ns - stamp_ns is its latency
     trajectory: TrajectoryOut | None
 
 
@@ -91,12 +94,16 @@ class PolicyLoop:
         self.log = PlainLog(logging.getLogger("flashrt_host"))
         self.now_ns: Callable[[], int] = time.time_ns
         self.monotonic: Callable[[], float] = time.monotonic     # input ages (timer trigger)
+        # why the ROS clock cannot be trusted now (use_sim_time and no /clock yet), or None
+        self.clock_problem: Callable[[], str | None] = lambda: None
         self.outputs: Outputs | None = None
         self.recorder = None               # host.recorder.AsyncRecorder, set by the ROS host
         # key -> (topic name, message type) of everything an episode recording holds; set by the host
         self.record_topics: dict[str, tuple[str, type]] = {}
+        self.joints = JointMap(config)      # policy <-> ROS joints and units
         self.inputs = LatestInputs([c.name for c in config.cameras], config.camera_sync_slop_s,
-                                   config.camera_timeout_s, config.joint_state_timeout_s)
+                                   config.camera_timeout_s, config.joint_state_timeout_s,
+                                   joint_names=self.joints.measured, joint_sources=config.joint_state_topics)
         self.engine = None
         self.scheduler: MultiRateScheduler | None = None
         self.configure_error = ""
@@ -181,16 +188,23 @@ class PolicyLoop:
         if cfg.cpu_threads and resolve_device(cfg.device).type == "cpu":
             # spinning OpenMP workers beside the executor and dispatcher threads starve them
             torch.set_num_threads(cfg.cpu_threads)
-        engine = make_engine(cfg, self._engine_factory)
+        limits = self.joints.policy_limits(cfg.joint_lower_limits, cfg.joint_upper_limits, cfg.max_velocity)
+        engine = make_engine(cfg, self._engine_factory, limits=limits)
         for note in getattr(engine, "notes", ()):
             (self.log.warning if "refused" in note else self.log.info)(note)
         mc = engine.config
         if len(cfg.cameras) != mc.n_cameras:
             raise ConfigError(f"parameter 'cameras' lists {len(cfg.cameras)} camera(s) "
                               f"{[c.name for c in cfg.cameras]}, the model takes {mc.n_cameras}")
-        if len(cfg.joint_names) != mc.action_dim or mc.state_dim != mc.action_dim:
+        if len(cfg.joint_names) != mc.action_dim:
             raise ConfigError(f"parameter 'joint_names' lists {len(cfg.joint_names)} joints, "
                               f"the model's actions have {mc.action_dim}")
+        if len(cfg.state_joints) != mc.state_dim:
+            raise ConfigError(f"the policy's state has {mc.state_dim} values, but "
+                              + (f"parameter 'state_joints' lists {len(cfg.state_joints)} joints"
+                                 if cfg.sources.get("state_joints", "default") != "default" else
+                                 f"'joint_names' (the state, as 'state_joints' is not set) lists "
+                                 f"{len(cfg.joint_names)}: set 'state_joints'"))
         if cfg.horizon > mc.horizon:
             raise ConfigError(f"parameter 'horizon' = {cfg.horizon} is not allowed: the model's chunks have "
                               f"{mc.horizon} actions (use 0..{mc.horizon}; 0 = all)")
@@ -502,6 +516,10 @@ class PolicyLoop:
         with self._lock:
             if not self._issuing():
                 return
+            problem = self.clock_problem()
+            if problem is not None:
+                self._hold(problem, stale=True)
+                return
             now = self.clock()
             obs = self.inputs.observation(now)
             if isinstance(obs, Unsynced) and now - self._last_synced <= self.config.camera_timeout_s:
@@ -532,8 +550,12 @@ class PolicyLoop:
         self._acted_version = engine.subtask.version
         self.chunk_seq += 1
         try:
+            jm = self.joints
+            origin = {} if jm.state_joints == jm.action_joints else {
+                "action_origin": jm.actions_to_policy(jm.commanded(obs.joint_positions))}
             with self._engine_lock:
-                result = engine.act(obs.images, obs.encodings, obs.joint_positions, self.chunk_seq)
+                result = engine.act(obs.images, obs.encodings, jm.state(obs.joint_positions), self.chunk_seq,
+                                    **origin)
         except Exception as exc:
             with self._lock:
                 self._actor_fault(f"{type(exc).__name__}: {exc}")
@@ -569,11 +591,12 @@ class PolicyLoop:
     # --- issuing (caller holds _lock) --------------------------------------------------------------
     def _issue(self, result, obs) -> None:
         ready_ns = self.now_ns()
-        q0 = obs.joint_positions
-        positions = result.positions[: self.horizon]
+        q0 = self.joints.commanded(obs.joint_positions)       # ROS units from here on
+        positions = self.joints.actions_to_ros(result.positions[: self.horizon])
         if self.config.overlap_policy == "blend":
             self.blended.append((self.chunk_seq, self._last_chunk is not None))
-            positions, _ = self._blend(obs.stamp_ns, ready_ns, positions, result.velocities[: self.horizon])
+            positions, _ = self._blend(obs.stamp_ns, ready_ns, positions,
+                                       self.joints.velocities_to_ros(result.velocities[: self.horizon]))
         # limits last, so that nothing (blend included) can take a point past them. The chunk (as
         # published in ActionChunk, a function of the observation alone) is limited from the
         # measured state at its stamp; what is commanded is also limited from where the arm is
@@ -596,8 +619,9 @@ class PolicyLoop:
         trajectory = None
         if ahead.any():
             trajectory = TrajectoryOut(obs.stamp_ns, times[ahead], commanded[ahead], velocities[ahead])
-        chunk = ChunkOut(obs.stamp_ns, self.dt, limited, self.chunk_seq, self.episode_id, result.subtask_text,
-                         result.subtask_version, result.latency_s, trajectory)
+        chunk = ChunkOut(obs.stamp_ns, self.dt, limited, chunk_velocities(q0, limited, self.dt, self._vmax),
+                         self.chunk_seq, self.episode_id, result.subtask_text, result.subtask_version,
+                         result.latency_s, ready_ns, trajectory)
         if self.holding is not None:
             self.log.info(f"inputs fresh again: resuming chunks (was holding: {self.holding})")
             self.holding, self.holding_stale = None, False
@@ -616,6 +640,20 @@ class PolicyLoop:
         self.inference.add(result.latency_s)
         self.chunks.add((ready_ns - obs.stamp_ns) / 1e9)
         self.last_chunk_at = time.monotonic()
+
+    def command_at(self, t_ns: int, period_s: float) -> np.ndarray | None:
+        """For forward_command groups, streamed every `period_s`: where the trajectory last sent
+        (a chunk's or a stop's) has the commanded joints at t_ns, ROS units; None when there is
+        none, or it ended more than a period ago (the controller keeps its last command)."""
+        with self._lock:
+            sent, start = self._sent, self._sent_from
+        if sent is None or start is None or len(sent.times) == 0:
+            return None
+        t = (t_ns - sent.stamp_ns) / 1e9
+        if t > sent.times[-1] + period_s:
+            return None
+        return sample_trajectory(t, sent.times, sent.positions, sent.velocities,
+                                 (start, np.zeros_like(start)))[0].astype(np.float32)
 
     def _arm_at(self, t_ns: int, measured: np.ndarray) -> np.ndarray:
         """Where the arm is at t_ns: on our last trajectory if one is executing, else measured."""
@@ -670,7 +708,7 @@ class PolicyLoop:
         joints = self.inputs.joints()
         if joints is None or self.clock() - joints.received > self.config.joint_state_timeout_s:
             return TrajectoryOut(now_ns, np.zeros(0), empty, empty, reason)
-        target = joints.positions.astype(np.float64)
+        target = self.joints.commanded(joints.positions).astype(np.float64)
         current, velocity = target, np.zeros_like(target)
         sent = self._sent
         if sent is not None and not sent.stop_reason and self._moving:
@@ -685,6 +723,8 @@ class PolicyLoop:
         if self.outputs is None or not self.active["actor"]:
             return   # an inactive actor issues nothing, a stop included (its deactivation sent one)
         stop = self.stop_trajectory(reason)
+        if len(stop.times):     # where the stop starts from: where our last trajectory has the arm now
+            self._sent_from = self._arm_at(stop.stamp_ns, stop.positions[0])
         self.outputs.publish_stop(stop)
         self._sent = stop
         self._moving = False
@@ -723,10 +763,13 @@ class PolicyLoop:
         self.inputs.put_frame(camera, Frame(image, encoding, stamp_ns, received))
         self._observation_input()
 
-    def put_joints(self, positions: np.ndarray, stamp_ns: int, received: float) -> None:
-        if self._skewed("joint states", "joint_states", stamp_ns):
+    def put_joints(self, values: dict[str, float], stamp_ns: int, received: float,
+                   source: str = "joint_states", names=()) -> None:
+        """Valid positions (ROS units) of some of the joints the host measures, by name, from one
+        of joint_state_topics (`source`); `names`: all the message named (diagnostics)."""
+        if self._skewed(f"joint states from {source}", source, stamp_ns):
             return
-        self.inputs.put_joints(positions, stamp_ns, received)
+        self.inputs.put_joints(values, stamp_ns, received, source, names)
         self._observation_input()
 
     def _skewed(self, what: str, source: str, stamp_ns: int) -> bool:
@@ -781,7 +824,7 @@ class PolicyLoop:
         topics = {name: kind for name, kind in self.record_topics.values()}
         every = {name: (self.config.record_image_every if key.startswith("camera.")
                         else self.config.record_joint_states_every)
-                 for key, (name, _) in self.record_topics.items() if key.startswith("camera.") or key == "joint_states"}
+                 for key, (name, _) in self.record_topics.items() if key.startswith(("camera.", "joint_states"))}
         self.recording_path = self.recorder.open(self._run_dir, self.episode_id, topics, downsample=every,
                                                  custom_data={"task": self.task_text})
         self.log.info(f"recording episode {self.episode_id} to {self.recording_path}")

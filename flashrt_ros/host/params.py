@@ -2,9 +2,11 @@
 
 Precedence, highest first: command line > environment (`FLASHRT_*`) > params file > defaults.
 
-- Params file: a ROS 2 parameters YAML (`/**: {ros__parameters: {...}}` or per node name), so the
-  same file works with `--ros-args --params-file`. Nested keys flatten with dots, as rcl does
-  (`camera: {top: {topic: x}}` is `camera.top.topic`).
+- Params file: a ROS 2 parameters YAML, so the same file works with `--ros-args --params-file`. The
+  blocks keyed `/**` or by this host's node names (flashrt_actor, flashrt_planner, in the namespace
+  from `-r __ns:=`) apply, in file order; other nodes' blocks are ignored, as rcl does (a shared
+  robot YAML works). Nested keys flatten with dots (`camera: {top: {topic: x}}` is
+  `camera.top.topic`).
 - Environment: `FLASHRT_<NAME>` with dots written as `__` (`FLASHRT_ACTOR_HZ=20`,
   `FLASHRT_CAMERA__TOP__TOPIC=/cam`). Lists are comma separated, optionally in brackets.
 - Command line: `--set name=value` (repeatable), or `--ros-args -p name:=value` as `ros2 run` and
@@ -15,6 +17,7 @@ it came from and what is allowed. No ROS imports: this module is testable withou
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -66,6 +69,10 @@ def _non_empty_names(v: list) -> str | None:
     return None
 
 
+def _distinct_names(v: list) -> str | None:
+    return None if not v else _non_empty_names(v)
+
+
 def _text(v: str) -> str | None:
     return None if len(v.encode("utf-8")) <= MAX_TEXT_BYTES else f"at most {MAX_TEXT_BYTES} bytes"
 
@@ -100,13 +107,27 @@ PARAMS: tuple[Param, ...] = (
     Param("camera_sync_slop_s", float, 0.05, "cameras are used together only when their stamps are this close", _in(0.0, 10.0, unit="s")),
     Param("camera_timeout_s", float, 0.5, "a camera with no valid image for this long is stale: hold", _in(0.0, 3600.0, True, "s")),
     # --- joints ----------------------------------------------------------------------------------
-    Param("joint_names", list, ["joint_x", "joint_y"], "joints the policy commands, in model order", _non_empty_names, item=str),
-    Param("joint_lower_limits", list, [0.0, 0.0], "lower position limit per joint; actions are clamped", item=float),
-    Param("joint_upper_limits", list, [1.0, 1.0], "upper position limit per joint; actions are clamped", item=float),
-    Param("max_velocity", list, [0.5, 0.5], "velocity limit per joint (> 0); chunk velocities are clamped", item=float),
-    Param("joint_state_timeout_s", float, 0.5, "no valid /joint_states for this long is stale: hold", _in(0.0, 3600.0, True, "s")),
+    Param("joint_names", list, ["joint_x", "joint_y"], "joints the policy commands, in the model's action order",
+          _non_empty_names, item=str),
+    Param("state_joints", list, [], "joints that make up the policy's state, in the model's state order (e.g. the "
+          "arm and the gripper width); [] = joint_names", _distinct_names, item=str),
+    Param("joint_lower_limits", list, [0.0, 0.0], "lower position limit per joint of joint_names, in ROS units; "
+          "actions are clamped", item=float),
+    Param("joint_upper_limits", list, [1.0, 1.0], "upper position limit per joint of joint_names, in ROS units; "
+          "actions are clamped", item=float),
+    Param("max_velocity", list, [0.5, 0.5], "velocity limit per joint of joint_names (> 0), in ROS units per second",
+          item=float),
+    Param("joint_state_topics", list, ["joint_states"], "sensor_msgs/JointState topics, merged by joint name: a "
+          "message with some of the joints updates those (arm and gripper drivers publishing apart); each joint "
+          "is stale on its own", _non_empty_names, item=str),
+    Param("joint_state_timeout_s", float, 0.5, "a joint with no valid state for this long is stale: hold",
+          _in(0.0, 3600.0, True, "s")),
     Param("max_stamp_skew_s", float, 1.0, "an image or joint state stamped further than this from the host's clock, "
           "in either direction, is rejected (clocks out of sync: see docs/runbook.md)", _in(0.0, 3600.0, True, "s")),
+    # --- controllers -------------------------------------------------------------------------------
+    Param("controllers", list, [], "controller groups the commands are split into, each with "
+          "controller.<name>.joints, .topic and .type (joint_trajectory | forward_command); [] = one "
+          "trajectory_msgs/JointTrajectory of every joint on flashrt/joint_trajectory", _distinct_names, item=str),
     # --- rates and chunks ------------------------------------------------------------------------
     Param("planner_hz", float, 2.0, "planner releases per second", _in(0.0, 1000.0, True, "Hz")),
     Param("actor_hz", float, 10.0, "actor releases (chunks) per second; the actor's deadline is one period",
@@ -138,8 +159,32 @@ PARAMS: tuple[Param, ...] = (
     Param("diagnostics_hz", float, 1.0, "/diagnostics publications per second", _in(0.0, 100.0, True, "Hz")),
 )
 SPECS: dict[str, Param] = {p.name: p for p in PARAMS}
-CAMERA_KEYS = ("topic", "transport")
+# Per-item parameters `<group>.<item>.<key>`: the item must be listed (cameras, controllers) or be a
+# joint; key -> (type, element type of a list)
+NESTED: dict[str, dict[str, tuple[type, type | None]]] = {
+    "camera": {"topic": (str, None), "transport": (str, None)},
+    "joint": {"scale": (float, None), "offset": (float, None)},
+    "controller": {"joints": (list, str), "topic": (str, None), "type": (str, None), "rate_hz": (float, None)},
+}
+NESTED_HELP = {
+    "camera.<name>.topic": ("str", "camera/<name>/image_raw[/compressed]", "the camera's image topic"),
+    "camera.<name>.transport": ("str", "raw", "'raw' (sensor_msgs/Image) or 'compressed' "
+                                "(sensor_msgs/CompressedImage, jpeg or png)"),
+    "joint.<name>.scale": ("float", 1.0, "ROS value = policy value x scale + offset, for a joint of joint_names or "
+                           "state_joints (e.g. 0.017453292519943295: a policy in degrees, ROS in radians)"),
+    "joint.<name>.offset": ("float", 0.0, "see joint.<name>.scale"),
+    "controller.<name>.joints": ("list[str]", "(required)", "the joints of joint_names this controller commands, "
+                                 "in the controller's order"),
+    "controller.<name>.topic": ("str", "<name>/joint_trajectory | <name>/commands", "where its commands go"),
+    "controller.<name>.type": ("str", "joint_trajectory", "'joint_trajectory' (trajectory_msgs/JointTrajectory, "
+                               "joint_trajectory_controller) or 'forward_command' (std_msgs/Float64MultiArray of "
+                               "positions, forward_command_controller: streamed at rate_hz)"),
+    "controller.<name>.rate_hz": ("float", 0.0, "forward_command: position commands per second while a "
+                                  "trajectory runs; 0 = one per action (1 / chunk_dt)"),
+}
 TRANSPORTS = ("raw", "compressed")
+CONTROLLER_TYPES = ("joint_trajectory", "forward_command")
+TRAJECTORY_TOPIC = "flashrt/joint_trajectory"   # the single group's topic (controllers: [])
 
 
 @dataclass(frozen=True)
@@ -147,6 +192,23 @@ class CameraConfig:
     name: str
     topic: str
     compressed: bool
+
+
+@dataclass(frozen=True)
+class JointUnits:
+    """ROS value = policy value x scale + offset."""
+    name: str
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    name: str
+    joints: tuple[str, ...]
+    topic: str
+    type: str = "joint_trajectory"     # or "forward_command"
+    rate_hz: float = 0.0               # forward_command: 0 = one command per action
 
 
 @dataclass(frozen=True)
@@ -166,11 +228,17 @@ class HostConfig:
     camera_sync_slop_s: float = 0.05
     camera_timeout_s: float = 0.5
     joint_names: tuple[str, ...] = ("joint_x", "joint_y")
+    state_joints: tuple[str, ...] = ("joint_x", "joint_y")     # resolved: never empty
     joint_lower_limits: tuple[float, ...] = (0.0, 0.0)
     joint_upper_limits: tuple[float, ...] = (1.0, 1.0)
     max_velocity: tuple[float, ...] = (0.5, 0.5)
+    joint_state_topics: tuple[str, ...] = ("joint_states",)
     joint_state_timeout_s: float = 0.5
     max_stamp_skew_s: float = 1.0
+    # resolved: one group of every joint on TRAJECTORY_TOPIC when the parameter is []
+    controllers: tuple[ControllerConfig, ...] = (
+        ControllerConfig("", ("joint_x", "joint_y"), TRAJECTORY_TOPIC),)
+    units: tuple[JointUnits, ...] = ()   # only joints whose units differ (scale != 1 or offset != 0)
     planner_hz: float = 2.0
     actor_hz: float = 10.0
     actor_trigger: str = "timer"
@@ -187,7 +255,7 @@ class HostConfig:
     record_image_every: int = 5
     record_joint_states_every: int = 1
     diagnostics_hz: float = 1.0
-    # where each value came from ("default", "file <path>", "env FLASHRT_X", "cli"), for logs
+    # where each value came from ("default", "params file <path>", "environment FLASHRT_X", "command line")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def as_parameters(self) -> dict[str, Any]:
@@ -197,10 +265,21 @@ class HostConfig:
             v = getattr(self, p.name)
             if p.name == "cameras":
                 v = [c.name for c in v]
+            elif p.name == "controllers":
+                v = [c.name for c in v if c.name]
             out[p.name] = list(v) if isinstance(v, tuple) else v
         for cam in self.cameras:
             out[f"camera.{cam.name}.topic"] = cam.topic
             out[f"camera.{cam.name}.transport"] = "compressed" if cam.compressed else "raw"
+        for u in self.units:
+            out[f"joint.{u.name}.scale"] = u.scale
+            out[f"joint.{u.name}.offset"] = u.offset
+        for c in self.controllers:
+            if c.name:
+                out[f"controller.{c.name}.joints"] = list(c.joints)
+                out[f"controller.{c.name}.topic"] = c.topic
+                out[f"controller.{c.name}.type"] = c.type
+                out[f"controller.{c.name}.rate_hz"] = c.rate_hz
         return out
 
     @property
@@ -215,43 +294,76 @@ def default_camera_topic(name: str, compressed: bool) -> str:
 
 
 # --- loading ---------------------------------------------------------------------------------------
+HOST_NODES = ("flashrt_planner", "flashrt_actor")
+
+
 def load_config(params_files: Sequence[str | Path] = (), env: Mapping[str, str] | None = None,
-                cli: Sequence[tuple[str, str]] = ()) -> HostConfig:
-    """Merge the layers (files in order, then env, then CLI `(name, value)` pairs) and validate."""
+                cli: Sequence[tuple[str, str]] = (), namespace: str = "/") -> HostConfig:
+    """Merge the layers (files in order, then env, then CLI `(name, value)` pairs) and validate.
+    Of each params file, the blocks for `/**` and for this host's nodes in `namespace` apply."""
     env = os.environ if env is None else env
     raw: dict[str, tuple[Any, str]] = {}                   # name -> (value, source)
+    nodes = [_join(namespace, n) for n in HOST_NODES]
     for path in params_files:
-        for name, value in read_params_file(path).items():
+        for name, value in read_params_file(path, nodes).items():
             raw[name] = (value, f"params file {path}")
     for key, value in env.items():
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             name = key[len(ENV_PREFIX):].lower().replace("__", ".")
-            if name in SPECS or name.startswith("camera."):
+            if name in SPECS or name.split(".", 1)[0] in NESTED:
                 raw[name] = (value, f"environment {key}")
     for name, value in cli:
         raw[name.strip()] = (value, "command line")
     return build_config(raw)
 
 
+# FLASHRT_* variables of the tools and scripts, not parameters
+ENV_NOT_PARAMETERS = frozenset({"FLASHRT_VENV", "FLASHRT_ROOT", "FLASHRT_INSTALL", "FLASHRT_SKIP_BUILD",
+                                "FLASHRT_KERNELS_DIR", "FLASHRT_TEST_CKPT", "FLASHRT_SOAK_HOST_CMD"})
+
+
+def environment_report(config: HostConfig, env: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(level, line) per `FLASHRT_*` variable that names a parameter, logged at start-up: an
+    override from a forgotten `export` is otherwise invisible. A variable that names no parameter
+    (a typo?) is a warning."""
+    env = os.environ if env is None else env
+    lines = []
+    for key in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in ENV_NOT_PARAMETERS):
+        name = key[len(ENV_PREFIX):].lower().replace("__", ".")
+        if config.sources.get(name) == f"environment {key}":
+            lines.append(("info", f"{key}={env[key]!r} sets parameter {name!r}"))
+        elif name in SPECS or name.split(".", 1)[0] in NESTED:
+            lines.append(("info", f"{key}={env[key]!r} is overridden by the command line"))
+        else:
+            lines.append(("warning", f"{key} names no host parameter: ignored (a typo? `flashrt-ros host "
+                                     f"--help` lists them)"))
+    return lines
+
+
 def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
-    """Type-check and range-check every value; resolve per-camera parameters."""
+    """Type-check and range-check every value; resolve the per-camera, per-joint and
+    per-controller parameters."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    camera_raw: dict[tuple[str, str], tuple[Any, str]] = {}
+    nested: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {g: {} for g in NESTED}  # group -> item -> key
     for name, (value, source) in raw.items():
         if name in ROS_OWNED:
             continue
-        if name.startswith("camera."):
+        group = name.split(".", 1)[0]
+        if group in NESTED:
             parts = name.split(".")
-            if len(parts) != 3 or parts[2] not in CAMERA_KEYS:
-                raise ConfigError(f"unknown parameter {name!r} (from {source}): camera parameters are "
-                                  f"camera.<name>.topic and camera.<name>.transport")
-            camera_raw[(parts[1], parts[2])] = (value, source)
+            if len(parts) != 3 or parts[2] not in NESTED[group]:
+                raise ConfigError(f"unknown parameter {name!r} (from {source}): {group} parameters are "
+                                  + ", ".join(f"{group}.<name>.{k}" for k in NESTED[group]))
+            kind, item = NESTED[group][parts[2]]
+            spec = Param(name, kind, None, "", item=item)
+            nested[group].setdefault(parts[1], {})[parts[2]] = (_coerce(spec, value, source), source)
+            sources[name] = source
             continue
         spec = SPECS.get(name)
         if spec is None:
             raise ConfigError(f"unknown parameter {name!r} (from {source}); known: {', '.join(sorted(SPECS))}, "
-                              f"camera.<name>.topic, camera.<name>.transport")
+                              + ", ".join(NESTED_HELP))
         values[name] = _coerce(spec, value, source)
         sources[name] = source
     for spec in PARAMS:
@@ -262,25 +374,7 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
             raise ConfigError(f"parameter {spec.name!r} = {values[spec.name]!r} (from {sources[spec.name]}) "
                               f"is not allowed: expected {allowed}")
 
-    names = values["cameras"]
-    for (cam, key), (_, source) in camera_raw.items():
-        if cam not in names:
-            raise ConfigError(f"parameter 'camera.{cam}.{key}' (from {source}) names camera {cam!r}, "
-                              f"which is not in 'cameras' {names}")
-    cameras = []
-    for cam in names:
-        transport, t_src = camera_raw.get((cam, "transport"), ("raw", "default"))
-        transport = str(transport).strip().lower()
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"parameter 'camera.{cam}.transport' = {transport!r} (from {t_src}) is not allowed: "
-                              f"expected one of 'raw', 'compressed'")
-        compressed = transport == "compressed"
-        topic, p_src = camera_raw.get((cam, "topic"), (default_camera_topic(cam, compressed), "default"))
-        topic = str(topic).strip()
-        if not topic:
-            raise ConfigError(f"parameter 'camera.{cam}.topic' (from {p_src}) is empty")
-        cameras.append(CameraConfig(cam, topic, compressed))
-
+    values["cameras"] = _cameras(values["cameras"], nested["camera"])
     d = len(values["joint_names"])
     for key in ("joint_lower_limits", "joint_upper_limits", "max_velocity"):
         if len(values[key]) != d:
@@ -294,6 +388,9 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
             raise ConfigError(f"joint {j!r}: joint_lower_limits {lo:g} > joint_upper_limits {hi:g}")
         if values["max_velocity"][i] <= 0:
             raise ConfigError(f"joint {j!r}: max_velocity {values['max_velocity'][i]:g} must be > 0")
+    values["state_joints"] = values["state_joints"] or list(values["joint_names"])
+    values["units"] = _units(values["joint_names"], values["state_joints"], nested["joint"])
+    values["controllers"] = _controllers(values["controllers"], values["joint_names"], nested["controller"])
     if values["checkpoint"] and not Path(values["checkpoint"]).expanduser().is_dir():
         raise ConfigError(f"parameter 'checkpoint' = {values['checkpoint']!r} (from {sources['checkpoint']}) "
                           f"is not a directory")
@@ -309,11 +406,98 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
         raise ConfigError(f"parameter 'tokenizer' = {values['tokenizer']!r} (from {sources['tokenizer']}) "
                           f"is not a file")
 
-    tuples = {k: tuple(v) for k, v in values.items() if isinstance(v, list) and k != "cameras"}
-    values.update(tuples)
-    values["cameras"] = tuple(cameras)
+    values.update({k: tuple(v) for k, v in values.items() if isinstance(v, list)})
     values["device"] = values["device"].strip().lower()
     return HostConfig(**values, sources=sources)
+
+
+def _unlisted(group: str, items: dict, listed: Sequence[str], where: str) -> None:
+    for item, keys in items.items():
+        if item not in listed:
+            key, (_, source) = next(iter(keys.items()))
+            raise ConfigError(f"parameter '{group}.{item}.{key}' (from {source}) names {group} {item!r}, "
+                              f"which is not in {where} {list(listed)}")
+
+
+def _cameras(names: list[str], nested: dict) -> tuple[CameraConfig, ...]:
+    _unlisted("camera", nested, names, "'cameras'")
+    cameras = []
+    for cam in names:
+        keys = nested.get(cam, {})
+        transport, t_src = keys.get("transport", ("raw", "default"))
+        transport = transport.strip().lower()
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"parameter 'camera.{cam}.transport' = {transport!r} (from {t_src}) is not allowed: "
+                              f"expected one of 'raw', 'compressed'")
+        compressed = transport == "compressed"
+        topic, p_src = keys.get("topic", (default_camera_topic(cam, compressed), "default"))
+        if not topic.strip():
+            raise ConfigError(f"parameter 'camera.{cam}.topic' (from {p_src}) is empty")
+        cameras.append(CameraConfig(cam, topic.strip(), compressed))
+    return tuple(cameras)
+
+
+def _units(joint_names: list[str], state_joints: list[str], nested: dict) -> tuple[JointUnits, ...]:
+    known = list(dict.fromkeys([*joint_names, *state_joints]))
+    _unlisted("joint", nested, known, "'joint_names' or 'state_joints'")
+    units = []
+    for j in known:
+        keys = nested.get(j, {})
+        (scale, s_src), (offset, o_src) = keys.get("scale", (1.0, "default")), keys.get("offset", (0.0, "default"))
+        if not math.isfinite(scale) or scale == 0.0:
+            raise ConfigError(f"parameter 'joint.{j}.scale' = {scale!r} (from {s_src}) must be a finite, "
+                              f"non-zero number")
+        if not math.isfinite(offset):
+            raise ConfigError(f"parameter 'joint.{j}.offset' = {offset!r} (from {o_src}) must be finite")
+        if scale != 1.0 or offset != 0.0:
+            units.append(JointUnits(j, scale, offset))
+    return tuple(units)
+
+
+def _controllers(names: list[str], joint_names: list[str], nested: dict) -> tuple[ControllerConfig, ...]:
+    _unlisted("controller", nested, names, "'controllers'")
+    if not names:
+        return (ControllerConfig("", tuple(joint_names), TRAJECTORY_TOPIC),)
+    groups, owner, topics = [], {}, {}
+    for name in names:
+        keys = nested.get(name, {})
+        if "joints" not in keys:
+            raise ConfigError(f"controller {name!r} has no 'controller.{name}.joints': name the joints of "
+                              f"joint_names it commands")
+        joints, j_src = keys["joints"]
+        kind, k_src = keys.get("type", ("joint_trajectory", "default"))
+        kind = kind.strip().lower()
+        if kind not in CONTROLLER_TYPES:
+            raise ConfigError(f"parameter 'controller.{name}.type' = {kind!r} (from {k_src}) is not allowed: "
+                              f"expected one of {', '.join(repr(t) for t in CONTROLLER_TYPES)}")
+        default_topic = f"{name}/joint_trajectory" if kind == "joint_trajectory" else f"{name}/commands"
+        topic, t_src = keys.get("topic", (default_topic, "default"))
+        rate, r_src = keys.get("rate_hz", (0.0, "default"))
+        if not (math.isfinite(rate) and 0.0 <= rate <= 10000.0):
+            raise ConfigError(f"parameter 'controller.{name}.rate_hz' = {rate!r} (from {r_src}) is not allowed: "
+                              f"expected [0, 10000] Hz (0 = one command per action)")
+        if not joints or len(set(joints)) != len(joints):
+            raise ConfigError(f"parameter 'controller.{name}.joints' = {joints} (from {j_src}) must be a "
+                              f"non-empty list of distinct joints")
+        for j in joints:
+            if j not in joint_names:
+                raise ConfigError(f"parameter 'controller.{name}.joints' (from {j_src}) names {j!r}, which is not "
+                                  f"in 'joint_names' {joint_names} (a controller commands only policy actions)")
+            if j in owner:
+                raise ConfigError(f"joint {j!r} is in controllers {owner[j]!r} and {name!r}: give each joint "
+                                  f"one controller")
+            owner[j] = name
+        topic = topic.strip()
+        if not topic or topic in topics:
+            raise ConfigError(f"parameter 'controller.{name}.topic' = {topic!r} (from {t_src}) is "
+                              + ("empty" if not topic else f"also controller {topics[topic]!r}'s topic"))
+        topics[topic] = name
+        groups.append(ControllerConfig(name, tuple(joints), topic, kind, float(rate)))
+    orphans = [j for j in joint_names if j not in owner]
+    if orphans:
+        raise ConfigError(f"joints {orphans} of 'joint_names' are in no controller of 'controllers' {names}: "
+                          f"every commanded joint needs one")
+    return tuple(groups)
 
 
 def _lerobot_type(directory: Path) -> str:
@@ -371,8 +555,12 @@ def _split_list(text: str) -> list[str]:
     return [s.strip().strip("'\"") for s in text.split(",") if s.strip()]
 
 
-def read_params_file(path: str | Path) -> dict[str, Any]:
-    """{parameter: value} from a ROS 2 params YAML; every `ros__parameters` block, in file order."""
+def read_params_file(path: str | Path, nodes: Sequence[str] = ("/**",)) -> dict[str, Any]:
+    """{parameter: value} from a ROS 2 params YAML: the `ros__parameters` blocks whose key matches
+    one of `nodes` (fully qualified names, e.g. '/arm/flashrt_actor'), in file order, as rcl
+    applies them: keys without a leading '/' are from the root, `*` is one name, `**` any number.
+    Other nodes' blocks are ignored (a shared robot YAML works); a file with no block for us is
+    an error (the host would otherwise run on defaults)."""
     path = Path(path).expanduser()
     try:
         import yaml
@@ -386,27 +574,52 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"params file {str(path)!r} is not valid YAML: {err}") from None
     if data is None:
         return {}
-    out: dict[str, Any] = {}
     blocks = _ros_parameter_blocks(data)
     if not blocks:
         raise ConfigError(f"params file {str(path)!r} has no 'ros__parameters' block; write\n"
                           f"/**:\n  ros__parameters:\n    actor_hz: 10.0")
-    for block in blocks:
+    out: dict[str, Any] = {}
+    used = [(key, block) for key, block in blocks if any(node_matches(key, n) for n in nodes)]
+    if not used:
+        raise ConfigError(f"params file {str(path)!r} has no block for this host's nodes {list(nodes)}: its "
+                          f"blocks are for {[k for k, _ in blocks]}; key the host's block '/**' or by a node "
+                          f"name ({', '.join(HOST_NODES)})")
+    for key, block in used:
         if not isinstance(block, dict):
-            raise ConfigError(f"params file {str(path)!r}: 'ros__parameters' must map names to values")
+            raise ConfigError(f"params file {str(path)!r}: {key}: 'ros__parameters' must map names to values")
         out.update(_flatten(block))
     return out
 
 
-def _ros_parameter_blocks(node: Any) -> list[dict]:
+def _ros_parameter_blocks(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(node key, block) for every `ros__parameters` block; nested keys are namespaces."""
     if not isinstance(node, dict):
         return []
     if "ros__parameters" in node:
-        return [node["ros__parameters"] or {}]
+        return [(prefix or "/", node["ros__parameters"] or {})]
     blocks = []
-    for value in node.values():
-        blocks += _ros_parameter_blocks(value)
+    for key, value in node.items():
+        blocks += _ros_parameter_blocks(value, f"{prefix}/{str(key).strip('/')}")
     return blocks
+
+
+def node_matches(key: str, node: str) -> bool:
+    """Whether a params file's node key ('/**', 'flashrt_actor', '/arm/*', '/**/flashrt_actor')
+    names the node with fully qualified name `node`."""
+    want = [t for t in key.split("/") if t]
+    have = [t for t in node.split("/") if t]
+
+    def match(i: int, j: int) -> bool:
+        if i == len(want):
+            return j == len(have)
+        if want[i] == "**":
+            return any(match(i + 1, k) for k in range(j, len(have) + 1))
+        return j < len(have) and fnmatch.fnmatchcase(have[j], want[i]) and match(i + 1, j + 1)
+    return match(0, 0)
+
+
+def _join(namespace: str, name: str) -> str:
+    return "/" + "/".join(t for t in (*namespace.split("/"), name) if t)
 
 
 def _flatten(block: dict, prefix: str = "") -> dict[str, Any]:
@@ -435,6 +648,7 @@ class HostArgs:
     config: HostConfig
     ros_args: list[str]          # passed to rclpy.init (remaps, log level, use_sim_time, ...)
     print_config: bool = False
+    namespace: str = "/"
 
 
 def parse_host_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> HostArgs:
@@ -464,19 +678,28 @@ def parse_host_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -
             cli.append((name, value))
         else:
             raise ConfigError(f"unknown argument {arg!r}\n\n{HOST_USAGE}")
-    # ROS arguments: --params-file is the file layer, -p NAME:=VALUE the command-line layer.
+    # ROS arguments: --params-file is the file layer, -p NAME:=VALUE the command-line layer,
+    # -r __ns:=/x the namespace (which params-file blocks apply).
+    namespace = "/"
     it = iter(ros)
     for arg in it:
         if arg == "--params-file":
             files.append(_next(it, arg))
+        elif arg in ("-r", "--remap"):
+            item = _next(it, arg)
+            if item.startswith("__ns:="):
+                namespace = item.split(":=", 1)[1] or "/"
         elif arg in ("-p", "--param"):
             item = _next(it, arg)
             if ":=" not in item:
                 raise ConfigError(f"{arg} expects NAME:=VALUE, got {item!r}")
             name, value = item.split(":=", 1)
-            if name.split(":", 1)[-1] not in ROS_OWNED:   # node-prefixed form 'node:name:=v'
-                cli.append((name.split(":", 1)[-1], _yaml_scalar(value)))
-    return HostArgs(load_config(files, env, cli), ros, print_config)
+            node, _, name = name.rpartition(":")          # the node-prefixed form 'node:name:=v'
+            if node and node.strip("/").split("/")[-1] not in HOST_NODES:
+                continue                                   # another node's parameter
+            if name not in ROS_OWNED:
+                cli.append((name, _yaml_scalar(value)))
+    return HostArgs(load_config(files, env, cli, namespace), ros, print_config, namespace)
 
 
 def _yaml_scalar(text: str) -> Any:
@@ -500,7 +723,6 @@ def describe_parameters() -> str:
     for p in PARAMS:
         lines.append(f"  {p.name} ({p.kind.__name__}{'[' + p.item.__name__ + ']' if p.item else ''}, "
                      f"default {p.default!r}): {p.help}")
-    lines.append("  camera.<name>.topic (str, default 'camera/<name>/image_raw[/compressed]'): image topic")
-    lines.append("  camera.<name>.transport (str, default 'raw'): 'raw' (sensor_msgs/Image) or "
-                 "'compressed' (sensor_msgs/CompressedImage, jpeg or png)")
+    for name, (kind, default, help_) in NESTED_HELP.items():
+        lines.append(f"  {name} ({kind}, default {default!r}): {help_}")
     return "\n".join(lines)

@@ -26,25 +26,23 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from flashrt_ros.msg import ActionChunk
 
 from flashrt_ros.host.loop import PolicyLoop
-from flashrt_ros.host.params import CameraConfig
+from flashrt_ros.host.params import CameraConfig, ControllerConfig
 from flashrt_ros.host.status import Meter
 
-from .conversions import (InputError, chunk_msg, image_from_compressed, image_from_msg,
-                          joint_positions_from_msg, joint_trajectory_msg, stamp_to_ns)
+from .conversions import (InputError, chunk_msg, forward_command_msg, image_from_compressed, image_from_msg,
+                          joint_trajectory_msg, joint_values_from_msg, stamp_to_ns)
 from .diagnostics import build_report
 from .params import declare_host_parameters, host_parameter_overrides
 
-JOINT_STATES_TOPIC = "joint_states"
 INTERRUPT_TOPIC = "flashrt/interrupt"
 ACTION_CHUNK_TOPIC = "flashrt/action_chunk"
-TRAJECTORY_TOPIC = "flashrt/joint_trajectory"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 # Reliable, newest only: a lost fragment of a large image is repaired instead of the image dropped.
 # Depth 5: a burst of frames while the executor is busy (~150 ms at 30 Hz) is kept, so the cameras'
@@ -84,7 +82,9 @@ class ActorNode(LifecycleNode):
         self._inputs_group = ReentrantCallbackGroup()       # camera/joint callbacks never wait on each other
         self._control_group = MutuallyExclusiveCallbackGroup()
         self._subs = []
-        self._chunk_pub = self._trajectory_pub = None
+        self._chunk_pub = None
+        self._groups: list[tuple[ControllerConfig, object, object]] = []   # (group, publisher, columns)
+        self._stream_timers = []
         self._episode_services = [   # (not `_services`: rclpy.Node keeps its own list there)
             self.create_service(Trigger, "flashrt/start", self._on_start, callback_group=self._control_group),
             self.create_service(Trigger, "flashrt/stop", self._on_stop, callback_group=self._control_group),
@@ -98,9 +98,17 @@ class ActorNode(LifecycleNode):
                                              callback_group=MutuallyExclusiveCallbackGroup(),
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         loop.record_topics["diagnostics"] = (self._diag_pub.topic_name, DiagnosticArray)
+        loop.clock_problem = self.clock_problem
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
+
+    def clock_problem(self) -> str | None:
+        """With use_sim_time, ROS time is 0 until /clock arrives: nothing may be stamped with it."""
+        clock = self.get_clock()
+        if clock.ros_time_is_active and clock.now().nanoseconds == 0:
+            return "use_sim_time is true and no /clock has arrived: ROS time is 0"
+        return None
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -111,7 +119,18 @@ class ActorNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         cfg = self.loop.config
         self._chunk_pub = self.create_lifecycle_publisher(ActionChunk, ACTION_CHUNK_TOPIC, 10)
-        self._trajectory_pub = self.create_lifecycle_publisher(JointTrajectory, TRAJECTORY_TOPIC, 10)
+        for group in cfg.controllers:
+            columns = self.loop.joints.columns(group.joints)
+            if group.type == "forward_command":
+                pub = self.create_lifecycle_publisher(Float64MultiArray, group.topic, 10)
+                period = 1.0 / group.rate_hz if group.rate_hz > 0 else self.loop.dt
+                self._stream_timers.append(self.create_timer(
+                    period, functools.partial(self._stream, pub, columns, period),
+                    callback_group=self._control_group))
+            else:
+                pub = self.create_lifecycle_publisher(JointTrajectory, group.topic, 10)
+                self.loop.record_topics[f"controller.{group.name}"] = (pub.topic_name, JointTrajectory)
+            self._groups.append((group, pub, columns))
         camera_qos = qos_profile_sensor_data if cfg.camera_reliability == "best_effort" else CAMERA_RELIABLE
         for cam in cfg.cameras:
             kind = CompressedImage if cam.compressed else Image
@@ -119,18 +138,24 @@ class ActorNode(LifecycleNode):
                                            camera_qos, callback_group=self._inputs_group)
             self._subs.append(sub)
             self.loop.record_topics[f"camera.{cam.name}"] = (sub.topic_name, kind)
-        joints = self.create_subscription(JointState, JOINT_STATES_TOPIC, self._input_callback(self._on_joint_state),
-                                          qos_profile_sensor_data, callback_group=self._inputs_group)
+        for source in cfg.joint_state_topics:
+            sub = self.create_subscription(JointState, source, self._input_callback(self._on_joint_state, source),
+                                           qos_profile_sensor_data, callback_group=self._inputs_group)
+            self._subs.append(sub)
+            self.loop.record_topics[f"joint_states:{source}"] = (sub.topic_name, JointState)
         interrupt = self.create_subscription(String, INTERRUPT_TOPIC, self._on_interrupt, 10,
                                              callback_group=self._control_group)
-        self._subs += [joints, interrupt]
+        self._subs.append(interrupt)
         self.loop.record_topics.update({
-            "joint_states": (joints.topic_name, JointState), "interrupt": (interrupt.topic_name, String),
-            "action_chunk": (self._chunk_pub.topic_name, ActionChunk),
-            "joint_trajectory": (self._trajectory_pub.topic_name, JointTrajectory)})
-        self.get_logger().info("configured: cameras " + ", ".join(
-            f"{c.name} <- {s.topic_name} ({'compressed' if c.compressed else 'raw'})"
-            for c, s in zip(cfg.cameras, self._subs)))
+            "interrupt": (interrupt.topic_name, String),
+            "action_chunk": (self._chunk_pub.topic_name, ActionChunk)})
+        self.get_logger().info(
+            "configured: cameras " + ", ".join(
+                f"{c.name} <- {s.topic_name} ({'compressed' if c.compressed else 'raw'})"
+                for c, s in zip(cfg.cameras, self._subs))
+            + "; joint states <- " + ", ".join(s.topic_name for s in self._subs[len(cfg.cameras):-1])
+            + "; commands -> " + ", ".join(f"{list(g.joints)} -> {p.topic_name} ({g.type})"
+                                          for g, p, _ in self._groups))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -158,11 +183,15 @@ class ActorNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
-        for pub in (self._chunk_pub, self._trajectory_pub):
+        for timer in self._stream_timers:
+            self.destroy_timer(timer)
+        self._stream_timers = []
+        for pub in (self._chunk_pub, *(p for _, p, _ in self._groups)):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub) if hasattr(self, "destroy_lifecycle_publisher") \
                     else self.destroy_publisher(pub)
-        self._chunk_pub = self._trajectory_pub = None
+        self._chunk_pub = None
+        self._groups = []
 
     # --- input callbacks: convert, validate, store the latest --------------------------------------
     def _input_callback(self, handler, *args):
@@ -193,16 +222,17 @@ class ActorNode(LifecycleNode):
         self.loop.record(f"camera.{cam.name}", msg)
 
     @guarded("joint state callback")
-    def _on_joint_state(self, msg: JointState, received: float) -> None:
+    def _on_joint_state(self, msg: JointState, received: float, source: str) -> None:
         try:
-            positions = joint_positions_from_msg(msg, self.loop.config.joint_names)
+            values = joint_values_from_msg(msg, self.loop.joints.measured)
         except InputError as err:
-            self.loop.reject_input("joint_states", str(err))
+            self.loop.reject_input(source, f"joint state from {source}: {err}")
             return
         finally:
             self.loop.input_handled()
-        self.loop.put_joints(positions, stamp_to_ns(msg.header.stamp) or self.now_ns(), received)
-        self.loop.record("joint_states", msg)
+        self.loop.put_joints(values, stamp_to_ns(msg.header.stamp) or self.now_ns(), received, source,
+                             tuple(msg.name))
+        self.loop.record(f"joint_states:{source}", msg)
 
     @guarded("interrupt callback")
     def _on_interrupt(self, msg: String) -> None:
@@ -239,32 +269,46 @@ class ActorNode(LifecycleNode):
 
     # --- outputs -----------------------------------------------------------------------------------
     def publish_chunk(self, chunk, ready_ns: int) -> None:
-        """An ActionChunk and, when any of it is still ahead, its JointTrajectory (recorded too)."""
+        """An ActionChunk and, when any of it is still ahead, its trajectory: one JointTrajectory
+        per joint_trajectory group, each with only its joints, the same stamp and times (recorded
+        too); forward_command groups stream it (_stream)."""
         msg = chunk_msg(chunk, self.loop.config.joint_names)
-        trajectory = None if chunk.trajectory is None else joint_trajectory_msg(chunk.trajectory, self.loop.config.joint_names)
         if self._chunk_pub is not None:
             self._chunk_pub.publish(msg)
-        if trajectory is not None and self._trajectory_pub is not None:
-            self._trajectory_pub.publish(trajectory)
         self.loop.record("action_chunk", msg, ready_ns)
-        if trajectory is not None:
-            self.loop.record("joint_trajectory", trajectory, ready_ns)
+        if chunk.trajectory is not None:
+            self._publish_trajectory(chunk.trajectory, ready_ns)
+
+    def publish_stop(self, stop) -> None:
+        self._publish_trajectory(stop, stop.stamp_ns)
+
+    def _publish_trajectory(self, trajectory, stamp_ns: int) -> None:
+        # every group's message is built (and so checked) before any is published
+        messages = [(group, pub, joint_trajectory_msg(trajectory, group.joints, columns))
+                    for group, pub, columns in self._groups if group.type == "joint_trajectory"]
+        for group, pub, msg in messages:
+            pub.publish(msg)
+            self.loop.record(f"controller.{group.name}", msg, stamp_ns)
+
+    @guarded("forward command timer")
+    def _stream(self, pub, columns, period: float) -> None:
+        """A forward_command group's position at now on the trajectory last sent, every period
+        while one runs (the controller holds its last command after)."""
+        if not self.loop.active["actor"]:
+            return
+        positions = self.loop.command_at(self.now_ns(), period)
+        if positions is not None:
+            pub.publish(forward_command_msg(positions[columns]))
 
     def wait_for_outputs(self, timeout_s: float) -> None:
         """Until every subscriber acknowledged what was published (shutdown: the stop must arrive
         before the process goes)."""
-        for pub in (self._trajectory_pub, self._chunk_pub):
+        for pub in (*(p for _, p, _ in self._groups), self._chunk_pub):
             if pub is not None:
                 try:
                     pub.wait_for_all_acked(Duration(seconds=timeout_s))
                 except Exception as exc:      # a destroyed publisher, an rmw without acks
                     self.get_logger().warning(f"could not confirm delivery on {pub.topic_name}: {exc}")
-
-    def publish_stop(self, stop) -> None:
-        msg = joint_trajectory_msg(stop, self.loop.config.joint_names)
-        if self._trajectory_pub is not None:
-            self._trajectory_pub.publish(msg)
-        self.loop.record("joint_trajectory", msg, stop.stamp_ns)
 
     @guarded("diagnostics timer")
     def publish_diagnostics(self) -> None:

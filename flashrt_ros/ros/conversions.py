@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from flashrt_ros.msg import ActionChunk, Subtask
@@ -108,25 +109,32 @@ def image_to_msg(image: np.ndarray, encoding: str = "rgb8", stamp_ns: int = 0, f
 
 
 # --- joint states ----------------------------------------------------------------------------------
-def joint_positions_from_msg(msg: JointState, joint_names: Sequence[str]) -> np.ndarray:
-    """float32[D] in `joint_names` order, matched by name; extra joints are ignored."""
+def joint_values_from_msg(msg: JointState, wanted: Sequence[str]) -> dict[str, float]:
+    """{joint: position} for the joints of `wanted` the message names (possibly none: another
+    driver's joints); other joints are ignored. A malformed message, or a non-finite value for a
+    wanted joint, is refused whole."""
     names = list(msg.name)
     positions = np.asarray(msg.position, dtype=np.float64)
     if len(names) != positions.size:
         raise InputError(f"joint state has {len(names)} names but {positions.size} positions")
     if len(set(names)) != len(names):
         raise InputError(f"joint state names a joint twice: {names}")
-    index = {n: i for i, n in enumerate(names)}
-    missing = [j for j in joint_names if j not in index]
-    if missing:
-        raise InputError(f"joint state lacks configured joints {missing}: it names {names}, "
-                         f"the host is configured for {list(joint_names)}")
-    out = positions[[index[j] for j in joint_names]]
-    bad = [j for j, v in zip(joint_names, out) if not np.isfinite(v)]
+    wanted = set(wanted)
+    out = {n: float(v) for n, v in zip(names, positions) if n in wanted}
+    bad = [j for j, v in out.items() if not np.isfinite(v)]
     if bad:
-        raise InputError(f"joint state is not finite for {bad}: "
-                         f"{ {j: float(v) for j, v in zip(joint_names, out)} }")
-    return out.astype(np.float32)
+        raise InputError(f"joint state is not finite for {bad}: {out}")
+    return out
+
+
+def joint_positions_from_msg(msg: JointState, joint_names: Sequence[str]) -> np.ndarray:
+    """float32[D] in `joint_names` order, matched by name; every one must be there."""
+    values = joint_values_from_msg(msg, joint_names)
+    missing = [j for j in joint_names if j not in values]
+    if missing:
+        raise InputError(f"joint state lacks configured joints {missing}: it names {list(msg.name)}, "
+                         f"the host is configured for {list(joint_names)}")
+    return np.array([values[j] for j in joint_names], np.float32)
 
 
 def joint_state_to_msg(joint_names: Sequence[str], positions, stamp_ns: int = 0) -> JointState:
@@ -157,15 +165,22 @@ def _finite(name: str, a: np.ndarray) -> np.ndarray:
 
 def action_chunk_msg(positions: np.ndarray, *, joint_names: Sequence[str], stamp_ns: int, dt: float,
                      chunk_seq: int, episode_id: int, subtask: str, subtask_version: int,
-                     inference_latency: float) -> ActionChunk:
+                     observation_to_ready: float, inference_time: float,
+                     velocities: np.ndarray | None = None) -> ActionChunk:
     """The full chunk; row i is for stamp + (i + 1) * dt (the engine's convention)."""
     positions = _finite("chunk positions", positions)
     h, d = positions.shape
     msg = ActionChunk(chunk_seq=int(chunk_seq), episode_id=int(episode_id), subtask=subtask,
                       subtask_version=int(subtask_version), dt=float(dt), horizon=h, action_dim=d,
-                      joint_names=list(joint_names), inference_latency=float(inference_latency))
+                      joint_names=list(joint_names), observation_to_ready=float(observation_to_ready),
+                      inference_time=float(inference_time))
     msg.header.stamp = ns_to_stamp(stamp_ns)
     msg.actions = array.array("f", positions.reshape(-1).tobytes())
+    if velocities is not None:
+        velocities = _finite("chunk velocities", velocities)
+        if velocities.shape != positions.shape:
+            raise ValueError(f"chunk velocities {velocities.shape} do not match positions {positions.shape}")
+        msg.velocities = array.array("f", velocities.reshape(-1).tobytes())
     return msg
 
 
@@ -173,20 +188,33 @@ def chunk_msg(chunk, joint_names: Sequence[str]) -> ActionChunk:
     """A host.loop.ChunkOut as ActionChunk."""
     return action_chunk_msg(chunk.positions, joint_names=joint_names, stamp_ns=chunk.stamp_ns, dt=chunk.dt,
                             chunk_seq=chunk.chunk_seq, episode_id=chunk.episode_id, subtask=chunk.subtask,
-                            subtask_version=chunk.subtask_version, inference_latency=chunk.inference_latency)
+                            subtask_version=chunk.subtask_version,
+                            observation_to_ready=(chunk.ready_ns - chunk.stamp_ns) / 1e9,
+                            inference_time=chunk.inference_time, velocities=chunk.velocities)
 
 
-def joint_trajectory_msg(trajectory, joint_names: Sequence[str]) -> JointTrajectory:
+def joint_trajectory_msg(trajectory, joint_names: Sequence[str], columns=None) -> JointTrajectory:
     """A host.loop.TrajectoryOut as JointTrajectory: header.stamp = its stamp, point i at
-    time_from_start times[i], positions + velocities. No points: the controller holds."""
+    time_from_start times[i], positions + velocities. `columns`: the indices of `joint_names` in
+    the trajectory's joints (a controller group's share); None = all. No points: the controller
+    holds."""
     positions = _finite("trajectory positions", trajectory.positions)
     velocities = _finite("trajectory velocities", trajectory.velocities)
+    if columns is not None:
+        positions, velocities = positions[:, columns], velocities[:, columns]
     msg = JointTrajectory(joint_names=list(joint_names))
     msg.header.stamp = ns_to_stamp(trajectory.stamp_ns)
     msg.points = [JointTrajectoryPoint(positions=p.astype(np.float64).tolist(), velocities=v.astype(np.float64).tolist(),
                                        time_from_start=seconds_to_duration(float(t)))
                   for t, p, v in zip(trajectory.times, positions, velocities)]
     return msg
+
+
+def forward_command_msg(positions: np.ndarray) -> Float64MultiArray:
+    """Positions for a forward_command_controller group (std_msgs/Float64MultiArray, the
+    controller's joint order)."""
+    positions = _finite("command positions", positions)
+    return Float64MultiArray(data=positions.astype(np.float64).tolist())
 
 
 def subtask_msg(text: str, version: int, source: str, stamp_ns: int) -> Subtask:

@@ -1,8 +1,10 @@
 """What the host reports on /diagnostics: rates achieved, latency p50/p99, deadline misses, stale
 inputs, rejected inputs, faults and readiness, as `diagnostic_msgs/DiagnosticArray`.
 
-One status per concern, named `flashrt: <concern>` with the hardware id `flashrt_host`:
-host (readiness, episode), actor (chunks), planner (subtasks), inputs (cameras, joint states).
+One status per concern, named `flashrt: <concern>` with the hardware id `flashrt_host` (in a
+namespace: `flashrt/<ns>: <concern>` and `flashrt_host/<ns>`, so that several hosts on the global
+/diagnostics stay apart): host (readiness, episode), actor (chunks), planner (subtasks), inputs
+(cameras, joint states per source and per joint).
 Values are strings, as the message requires; times are in milliseconds, rates in Hz.
 """
 from __future__ import annotations
@@ -32,16 +34,21 @@ def _ms(seconds: float) -> str:
 
 
 def _status(name: str, level: bytes, message: str, values: dict) -> DiagnosticStatus:
-    return DiagnosticStatus(level=level, name=f"flashrt: {name}", message=message, hardware_id=HARDWARE_ID,
+    return DiagnosticStatus(level=level, name=name, message=message,
                             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
 def build_report(loop: "PolicyLoop", stamp_ns: int, node=None) -> DiagnosticArray:
-    """`node`: the actor node, for its executor-backlog meter (DDS reception -> callback)."""
+    """`node`: the actor node, for its namespace and its executor-backlog meter (DDS reception
+    -> callback)."""
     now = time.monotonic()
-    return DiagnosticArray(header=_header(stamp_ns), status=[
-        _host_status(loop, node, now), _actor_status(loop, now), _planner_status(loop, now),
-        _inputs_status(loop, now)])
+    namespace = node.get_namespace().rstrip("/") if node is not None else ""
+    statuses = [_host_status(loop, node, now), _actor_status(loop, now), _planner_status(loop, now),
+                _inputs_status(loop, now)]
+    for status in statuses:
+        status.name = f"flashrt{namespace}: {status.name}"
+        status.hardware_id = HARDWARE_ID + namespace
+    return DiagnosticArray(header=_header(stamp_ns), status=statuses)
 
 
 def _header(stamp_ns: int):
@@ -92,7 +99,7 @@ def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         "chunk_rate_hz": f"{loop.chunks.rate(now):.2f}",
         "cycle_rate_hz": f"{sched.get('rate_hz', 0.0):.2f}",
         "chunks_published": loop.chunks.count,
-        "inference_latency_p50_ms": _ms(inf50), "inference_latency_p99_ms": _ms(inf99),
+        "inference_time_p50_ms": _ms(inf50), "inference_time_p99_ms": _ms(inf99),
         "chunk_latency_p50_ms": _ms(e2e50), "chunk_latency_p99_ms": _ms(e2e99),
         "cycle_latency_p50_ms": _ms(cyc50), "cycle_latency_p99_ms": _ms(cyc99),
         "chunk_interval_jitter_ms": _ms(float(np.std(jitter))) if jitter.size > 2 else "nan",
@@ -179,6 +186,10 @@ def _inputs_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         values[f"{source}.last_error"] = stats.last_error
         if stats.last_error and now - stats.last_error_at <= RECENT_S:
             recent_errors.append(f"{source}: {stats.last_error}")
+    for joint, source, age in loop.inputs.joint_status(loop.clock()):
+        values[f"joint.{joint}.age_ms"] = "inf" if age == float("inf") else f"{age * 1e3:.1f}"
+        values[f"joint.{joint}.source"] = source
+    joints_problem = loop.inputs.joints_problem(loop.clock())
     values["stale_events"] = loop.stale_events
     values["unsynced_cycles"] = loop.inputs.unsynced
     values["unsynced_skips"] = loop.unsynced_skips
@@ -188,6 +199,8 @@ def _inputs_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         level, message = WARN, "rejected input: " + "; ".join(recent_errors)
     elif stale:
         level, message = WARN, stale
+    elif joints_problem:
+        level, message = WARN, joints_problem
     else:
         level, message = OK, "inputs fresh"
     return _status("inputs", level, message, values)

@@ -23,7 +23,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from flashrt_ros.host.loop import PolicyLoop
-from flashrt_ros.host.params import ConfigError, HostConfig, parse_host_args
+from flashrt_ros.host.params import ConfigError, HostConfig, environment_report, parse_host_args
 from flashrt_ros.host.recorder import AsyncRecorder
 from flashrt_ros.host.status import GcMonitor
 
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored
     parent = os.getppid() if args.config.exit_with_parent else None
     host = Host(args.config)
+    for level, line in environment_report(args.config):
+        getattr(host.actor.get_logger(), level)(f"environment: {line}")
     try:
         if args.config.autostart:
             host.bring_up()

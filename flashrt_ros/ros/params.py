@@ -4,7 +4,7 @@ from __future__ import annotations
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from flashrt_ros.host.params import SPECS, HostConfig
+from flashrt_ros.host.params import NESTED_HELP, SPECS, HostConfig
 
 
 def host_parameter_overrides(config: HostConfig) -> list:
@@ -18,5 +18,9 @@ def declare_host_parameters(node, config: HostConfig) -> None:
     show what the host runs with. Changing them means restarting (the graphs are captured)."""
     for name, value in config.as_parameters().items():
         spec = SPECS.get(name)
-        help_ = spec.help if spec else ("image topic" if name.endswith(".topic") else "'raw' or 'compressed'")
+        if spec is not None:
+            help_ = spec.help
+        else:                                   # camera.<name>.topic, joint.<name>.scale, ...
+            group, _, key = name.split(".")
+            help_ = NESTED_HELP[f"{group}.<name>.{key}"][2]
         node.declare_parameter(name, value, ParameterDescriptor(description=help_, read_only=True))

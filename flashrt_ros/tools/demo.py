@@ -233,7 +233,7 @@ class Director(Node):
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         with self.lock:
-            self.chunks.append((stamp_to_ns(msg.header.stamp), float(msg.inference_latency)))
+            self.chunks.append((stamp_to_ns(msg.header.stamp), float(msg.inference_time)))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         with self.lock:

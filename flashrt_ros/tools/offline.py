@@ -99,6 +99,9 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
     """The chunks a lock-step host computes from `inputs` (see the module doc)."""
     if config.overlap_policy != "replace":
         raise ValueError("the offline reference implements overlap_policy 'replace' only")
+    if config.units or tuple(config.state_joints) != tuple(config.joint_names) or len(config.joint_state_topics) != 1:
+        raise ValueError("the offline reference implements one joint-state topic, state_joints = joint_names and "
+                         "no joint units (joint.<name>.scale/offset) only")
     engine = engine or make_engine(config)
     mc = engine.config
     horizon = config.horizon or mc.horizon
@@ -107,7 +110,8 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
     hi = np.asarray(config.joint_upper_limits, np.float32)
     vmax = np.asarray(config.max_velocity, np.float32)
     cams = [c.name for c in config.cameras]
-    latest = LatestInputs(cams, config.camera_sync_slop_s, config.camera_timeout_s, config.joint_state_timeout_s)
+    latest = LatestInputs(cams, config.camera_sync_slop_s, config.camera_timeout_s, config.joint_state_timeout_s,
+                          joint_names=config.joint_names)
     every = planner_every(config)
     out = OfflineResult()
 
@@ -178,7 +182,7 @@ def offline_chunks(bag: Bag, inputs: ReplayInputs, config, engine=None) -> Offli
             except ValueError as err:
                 out.rejected.append((now_ns, f"joint_states: {err}"))
                 continue
-            latest.put_joints(q, stamp or now_ns, now)
+            latest.put_joints(dict(zip(config.joint_names, q.tolist())), stamp or now_ns, now)
             cycle(now_ns, frame=False)
         elif kind == "camera":
             try:

@@ -49,7 +49,7 @@ class Chunk:
     dt: float
     positions: np.ndarray         # [H, D] float32; row i is for stamp + (i + 1) * dt
     joint_names: tuple[str, ...] = ()
-    inference_latency: float = 0.0
+    inference_time: float = 0.0   # seconds the actor's inference took
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def decode_output(bag_or_store, topic: str, raw: bytes, out: Outputs) -> None:
         positions = np.asarray(msg.actions, np.float32).reshape(int(msg.horizon), int(msg.action_dim))
         out.chunks.append(Chunk(int(msg.chunk_seq), int(msg.episode_id), stamp_ns(msg.header.stamp), msg.subtask,
                                 int(msg.subtask_version), float(msg.dt), positions, tuple(msg.joint_names),
-                                float(msg.inference_latency)))
+                                float(getattr(msg, "inference_time", getattr(msg, "inference_latency", 0.0)))))
+        # (bags recorded before ActionChunk had inference_time call it inference_latency)
     elif topic == TRAJECTORY_TOPIC:
         t0 = stamp_ns(msg.header.stamp)
         times = np.array([t0 + stamp_ns(p.time_from_start) for p in msg.points], np.int64)

@@ -4,7 +4,7 @@
   actions are for) against the recorded joint states, and the recorded commands when the bag has
   them; coaching, interrupt, task and service events as vertical lines.
 - subtasks.png: the subtask each chunk was conditioned on over time, with the same events.
-- latency.png: chunk inference latency histogram with the actor's deadline (1 / actor_hz).
+- latency.png: chunk inference time histogram with the actor's deadline (1 / actor_hz).
 The Markdown states what was skipped or missing, deadline misses, and the comparison if any.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ def _ms(x: float) -> str:
 
 
 def latency_stats(outputs: Outputs, deadline_s: float) -> dict:
-    lat = np.array([c.inference_latency for c in outputs.chunks], np.float64)
-    misses = [c for c in outputs.chunks if c.inference_latency > deadline_s]
+    lat = np.array([c.inference_time for c in outputs.chunks], np.float64)
+    misses = [c for c in outputs.chunks if c.inference_time > deadline_s]
     pct = (lambda q: float(np.percentile(lat, q))) if lat.size else (lambda q: float("nan"))
     return {"p50": pct(50), "p99": pct(99), "max": pct(100), "misses": misses, "deadline": deadline_s}
 
@@ -111,12 +111,12 @@ def plot_latency(path: Path, outputs: Outputs, deadline_s: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lat = np.array([c.inference_latency for c in outputs.chunks]) * 1e3
+    lat = np.array([c.inference_time for c in outputs.chunks]) * 1e3
     fig, ax = plt.subplots(figsize=(6, 3))
     if lat.size:
         ax.hist(lat, bins=min(40, max(5, lat.size // 3)), color="tab:orange")
     ax.axvline(deadline_s * 1e3, color="tab:red", ls="--", label=f"deadline {deadline_s * 1e3:.0f} ms")
-    ax.set_xlabel("chunk inference latency (ms)")
+    ax.set_xlabel("chunk inference time (ms)")
     ax.set_ylabel("chunks")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -202,7 +202,7 @@ def write_report(out_dir: Path, inputs: ReplayInputs, outputs: Outputs, run: dic
               f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; {len(lat['misses'])} of {len(outputs.chunks)} chunks "
               f"missed the deadline."]
     for c in lat["misses"][:10]:
-        lines.append(f"- chunk {c.chunk_seq} at {_s(c.stamp_ns, t0):.3f} s: {_ms(c.inference_latency)}")
+        lines.append(f"- chunk {c.chunk_seq} at {_s(c.stamp_ns, t0):.3f} s: {_ms(c.inference_time)}")
     if len(lat["misses"]) > 10:
         lines.append(f"- ... {len(lat['misses']) - 10} more")
     holds = run.get("holds", [])
