@@ -49,9 +49,9 @@ def _text(v) -> str:
 class InProcessHost:
     """A Host on its own context, spinning in a thread; `close()` joins everything."""
 
-    def __init__(self, config, bring_up: bool = True):
+    def __init__(self, config, bring_up: bool = True, ros_args: tuple[str, ...] = ()):
         self.context = rclpy.Context()
-        rclpy.init(args=[], context=self.context)
+        rclpy.init(args=["--ros-args", *ros_args] if ros_args else [], context=self.context)
         self.host = Host(config, context=self.context)
         if bring_up:
             assert self.host.bring_up(), "host bring-up failed"

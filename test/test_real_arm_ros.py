@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from host_harness import InProcessHost, host_config, stamp_to_ns, trajectory_times, wait_for
+from host_harness import InProcessHost, Robot, host_config, stamp_to_ns, trajectory_times, wait_for
 from real_arm import (ARM, ARM_LOWER, ARM_UPPER, ARM_VMAX, GRIPPER, GRIPPER_RANGE, GRIPPER_VMAX, RealArm)
 
 pytestmark = pytest.mark.timeout(240)
@@ -160,3 +160,20 @@ def test_the_lifecycle_driven_from_outside_issues_chunks_only_while_active(arm):
         assert [arm.state(n) for n in nodes] == ["finalized"] * 2
     finally:
         host.close()
+
+
+def test_use_sim_time_without_a_clock_holds_and_says_so_on_diagnostics():
+    """Launched with use_sim_time:=true and nothing publishing /clock, ROS time is 0: nothing may
+    go out stamped with it. The host holds, and /diagnostics (on a steady timer) says why."""
+    robot = Robot()
+    host = InProcessHost(host_config(task="visit red"), ros_args=("-p", "use_sim_time:=true"))
+    try:
+        t0 = time.monotonic()
+        assert wait_for(lambda: (d := robot.diagnostic("actor", t0)) is not None and "no /clock" in d[1], 10.0), \
+            robot.diagnostic("actor", t0)
+        time.sleep(1.0)
+        assert robot.since("chunks", t0) == [] and robot.since("trajectories", t0) == []
+        assert "use_sim_time is true and no /clock has arrived" in (host.loop.holding or "")
+    finally:
+        host.close()
+        robot.close()
