@@ -177,3 +177,22 @@ def test_use_sim_time_without_a_clock_holds_and_says_so_on_diagnostics():
     finally:
         host.close()
         robot.close()
+
+
+def test_namespaced_hosts_name_their_diagnostics_apart(ros):
+    """Two hosts in namespaces /a and /b both publish on the global /diagnostics: their statuses
+    and hardware ids carry the namespace."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    seen = {}
+    listener = ros.node("diagnostics_listener")
+    listener.create_subscription(DiagnosticArray, "/diagnostics",
+                                 lambda m: seen.update({s.name: s.hardware_id for s in m.status}), 50)
+    ros.spin(listener)
+    hosts = [InProcessHost(host_config(), ros_args=("-r", f"__ns:=/{ns}")) for ns in ("a", "b")]
+    try:
+        names = {f"flashrt/{ns}: {c}" for ns in ("a", "b") for c in ("host", "actor", "planner", "inputs")}
+        assert wait_for(lambda: names <= set(seen), 10.0), sorted(seen)
+        assert {seen[f"flashrt/{ns}: host"] for ns in ("a", "b")} == {"flashrt_host/a", "flashrt_host/b"}
+    finally:
+        for host in hosts:
+            host.close()
