@@ -228,11 +228,7 @@ class Robot:
 
     def diagnostic(self, name: str, t0: float = 0.0):
         """The newest /diagnostics status `flashrt: <name>` received after t0, as (level, message, values)."""
-        for msg in reversed(self.since("diagnostics", t0)):
-            for s in msg.status:
-                if s.name == f"flashrt: {name}":
-                    return s.level, s.message, {kv.key: kv.value for kv in s.values}
-        return None
+        return newest_status(self.since("diagnostics", t0), name)
 
     def close(self) -> None:
         self._stop.set()
@@ -241,6 +237,15 @@ class Robot:
         self.executor.shutdown()
         self.node.destroy_node()
         self.context.try_shutdown()
+
+
+def newest_status(arrays: list, name: str):
+    """The newest status `flashrt: <name>` of these DiagnosticArrays, as (level, message, values)."""
+    for msg in reversed(arrays):
+        for s in msg.status:
+            if s.name == f"flashrt: {name}":
+                return s.level, s.message, {kv.key: kv.value for kv in s.values}
+    return None
 
 
 def jpeg_msg(image: np.ndarray, stamp_ns: int) -> CompressedImage:

@@ -197,11 +197,8 @@ class RealArm:
             return np.array([p for t, p in self.motion if t >= t0])
 
     def diagnostic(self, name: str, t0: float):
-        for msg in reversed(self.since("diagnostics", t0)):
-            for s in msg.status:
-                if s.name == f"flashrt: {name}":
-                    return s.level, s.message, {kv.key: kv.value for kv in s.values}
-        return None
+        from host_harness import newest_status
+        return newest_status(self.since("diagnostics", t0), name)
 
     def close(self) -> None:
         self._stop.set()
