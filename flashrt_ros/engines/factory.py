@@ -29,4 +29,9 @@ def make_engine(config, factory: Callable[..., Any] | None = None, limits=None):
                   dtype=config.dtype, compile_actor=config.compile)
     if "tokenizer" in extra:
         kwargs["tokenizer"] = config.tokenizer or None
+    if getattr(config, "overlap_policy", "") == "rtc":
+        from flashrt_ros.models.rtc import RtcSettings
+        kwargs["rtc"] = RtcSettings(config.rtc_schedule, config.rtc_execution_horizon, config.rtc_max_guidance_weight,
+                                    config.rtc_jacobian)
+        kwargs["rtc_mode"] = config.rtc_mode
     return cls(**kwargs)

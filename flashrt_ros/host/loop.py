@@ -47,7 +47,7 @@ from .inputs import Frame, LatestInputs, Stale, Unsynced
 from .joints import JointMap
 from .limits import chunk_velocities, rate_limit, sample_trajectory, stop_duration
 from .params import ConfigError, HostConfig
-from .status import Meter, PlainLog, RecentEvent
+from .status import DelayEstimate, Meter, PlainLog, RecentEvent
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class ChunkOut:
     inference_time: float      # engine.act wall time, seconds
     ready_ns: int              # when it was ready to publish (ROS clock): ready_ns - stamp_ns is its latency
     trajectory: TrajectoryOut | None
+    delay_steps: int = 0       # the inference delay d (control steps) estimated when it was computed
 
 
 class Outputs(Protocol):
@@ -149,6 +150,8 @@ class PolicyLoop:
         self._handled_lock = threading.Lock()
         # statistics
         self.chunks = Meter()               # published chunks; latency = obs stamp -> ready (ROS time)
+        self.delay = DelayEstimate()        # d: obs stamp -> ready in control steps (a high percentile)
+        self.rtc_prefixes = 0               # rtc: chunks computed with the previous one as prefix
         self.chunk_latency = self.chunks
         self.inference = Meter()            # engine.act wall time
         self.plans = Meter()                # planner runs to the end (latency: wall time of the run)
@@ -373,6 +376,7 @@ class PolicyLoop:
             self._set_engine_task(self.engine, self.config.task)
 
     def _begin_episode(self) -> None:
+        self.delay.restart()
         self.episode_id += 1
         self._acted_stamp = -1
         self.running = True
@@ -553,6 +557,13 @@ class PolicyLoop:
             jm = self.joints
             origin = {} if jm.state_joints == jm.action_joints else {
                 "action_origin": jm.actions_to_policy(jm.commanded(obs.joint_positions))}
+            delay_steps = self.delay.steps(self.dt, self.horizon)
+            if self.config.overlap_policy == "rtc":
+                with self._lock:
+                    prefix = self._rtc_prefix(obs.stamp_ns)
+                if prefix is not None:
+                    self.rtc_prefixes += 1
+                origin.update(prefix=prefix, delay=delay_steps)
             with self._engine_lock:
                 result = engine.act(obs.images, obs.encodings, jm.state(obs.joint_positions), self.chunk_seq,
                                     **origin)
@@ -621,7 +632,7 @@ class PolicyLoop:
             trajectory = TrajectoryOut(obs.stamp_ns, times[ahead], commanded[ahead], velocities[ahead])
         chunk = ChunkOut(obs.stamp_ns, self.dt, limited, chunk_velocities(q0, limited, self.dt, self._vmax),
                          self.chunk_seq, self.episode_id, result.subtask_text, result.subtask_version,
-                         result.latency_s, ready_ns, trajectory)
+                         result.latency_s, ready_ns, trajectory, self.delay.steps(self.dt, self.horizon))
         if self.holding is not None:
             self.log.info(f"inputs fresh again: resuming chunks (was holding: {self.holding})")
             self.holding, self.holding_stale = None, False
@@ -639,7 +650,24 @@ class PolicyLoop:
         self._last_chunk = (obs.stamp_ns, self.dt, commanded, velocities)
         self.inference.add(result.latency_s)
         self.chunks.add((ready_ns - obs.stamp_ns) / 1e9)
+        self.delay.add((ready_ns - obs.stamp_ns) / 1e9)
         self.last_chunk_at = time.monotonic()
+
+    def _rtc_prefix(self, stamp_ns: int) -> np.ndarray | None:
+        """rtc: the trajectory being executed (ours, not forgotten by an invalidation), sampled at
+        the new chunk's row times stamp + (i + 1) dt while it lasts, in policy units [P, A]; None
+        when there is none (caller holds _lock)."""
+        sent = self._sent
+        if self._last_chunk is None or sent is None or sent.stop_reason or not self._moving or not len(sent.times):
+            return None
+        start = (self._sent_from, np.zeros_like(self._sent_from))
+        rows = []
+        for i in range(self.horizon):
+            t = (stamp_ns - sent.stamp_ns) / 1e9 + (i + 1) * self.dt
+            if t > sent.times[-1] + 1e-9:
+                break
+            rows.append(sample_trajectory(t, sent.times, sent.positions, sent.velocities, start)[0])
+        return self.joints.actions_to_policy(np.asarray(rows)) if rows else None
 
     def command_at(self, t_ns: int, period_s: float) -> np.ndarray | None:
         """For forward_command groups, streamed every `period_s`: where the trajectory last sent

@@ -142,9 +142,22 @@ PARAMS: tuple[Param, ...] = (
           _in(0, 1000000)),
     Param("horizon", int, 0, "actions published per chunk; 0 = the model's horizon", _in(0, 100000)),
     Param("chunk_dt", float, 0.0, "seconds between published actions; 0 = the model's chunk_dt", _in(0.0, 10.0, unit="s")),
-    Param("overlap_policy", str, "replace", "a new chunk 'replace's the previous one, or 'blend's into it "
-          "over blend_steps actions", _one_of("replace", "blend")),
+    Param("overlap_policy", str, "replace", "a new chunk 'replace's the previous one, 'blend's into it over "
+          "blend_steps actions, or is denoised to continue it: 'rtc' (real-time chunking: the unexecuted rest of "
+          "the previous chunk is the new one's prefix, over the measured delay; docs/design/rtc.md)",
+          _one_of("replace", "blend", "rtc")),
     Param("blend_steps", int, 4, "actions over which 'blend' cross-fades from the previous chunk", _in(1, 100000)),
+    Param("rtc_mode", str, "guided", "'guided': the prefix guides every denoise step (any checkpoint; a "
+          "backward pass per step); 'trained': the first d actions are the prefix, for an actor trained so "
+          "(no extra cost)", _one_of("guided", "trained")),
+    Param("rtc_schedule", str, "LINEAR", "weights of the prefix after the first d actions, up to "
+          "rtc_execution_horizon (LeRobot's names)", _one_of("LINEAR", "EXP", "ONES", "ZEROS")),
+    Param("rtc_execution_horizon", int, 10, "actions of the previous chunk the new one is guided to continue",
+          _in(1, 100000)),
+    Param("rtc_max_guidance_weight", float, 10.0, "cap of the guidance weight (guided mode)",
+          _in(0.0, 1e6, True)),
+    Param("rtc_jacobian", str, "vjp", "guided mode: 'vjp' (ΠGDM, a vector-Jacobian product through the action "
+          "expert, the paper's) or 'identity' (LeRobot 0.6.1's, cheaper)", _one_of("vjp", "identity")),
     # --- task and coaching -----------------------------------------------------------------------
     Param("task", str, "", "task set at start-up and after every reset ('' = wait for /flashrt/task)", _text),
     Param("coach_hold_s", float, 0.0, "after coaching, the planner resumes after this long; 0 = at the next task",
@@ -247,6 +260,11 @@ class HostConfig:
     chunk_dt: float = 0.0
     overlap_policy: str = "replace"
     blend_steps: int = 4
+    rtc_mode: str = "guided"
+    rtc_schedule: str = "LINEAR"
+    rtc_execution_horizon: int = 10
+    rtc_max_guidance_weight: float = 10.0
+    rtc_jacobian: str = "vjp"
     task: str = ""
     coach_hold_s: float = 0.0
     autostart: bool = True

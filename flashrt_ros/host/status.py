@@ -106,3 +106,32 @@ class PlainLog:
         def log(message, throttle_duration_sec=None, **_):
             method(message)
         return log
+
+
+class DelayEstimate:
+    """The inference delay d in control steps: observation stamp -> chunk ready, a high percentile
+    of the recent chunks (the first `skip` after a start excluded: warm-up), rounded up."""
+
+    def __init__(self, window: int = 50, percentile: float = 95.0, skip: int = 3):
+        self._latencies: deque[float] = deque(maxlen=window)
+        self.percentile, self.skip = percentile, skip
+        self._seen = 0
+
+    def restart(self) -> None:
+        self._seen = 0
+
+    def add(self, latency_s: float) -> None:
+        self._seen += 1
+        if self._seen > self.skip:
+            self._latencies.append(max(0.0, float(latency_s)))
+
+    def seconds(self) -> float:
+        """The estimate in seconds (nan before the first counted chunk)."""
+        if not self._latencies:
+            return float("nan")
+        return float(np.percentile(np.asarray(self._latencies), self.percentile))
+
+    def steps(self, dt: float, limit: int) -> int:
+        """ceil(estimate / dt), within [0, limit]; 0 before the first counted chunk."""
+        s = self.seconds()
+        return 0 if s != s else int(min(limit, max(0, math.ceil(s / dt - 1e-9))))

@@ -166,14 +166,14 @@ def _finite(name: str, a: np.ndarray) -> np.ndarray:
 def action_chunk_msg(positions: np.ndarray, *, joint_names: Sequence[str], stamp_ns: int, dt: float,
                      chunk_seq: int, episode_id: int, subtask: str, subtask_version: int,
                      observation_to_ready: float, inference_time: float,
-                     velocities: np.ndarray | None = None) -> ActionChunk:
+                     velocities: np.ndarray | None = None, delay_steps: int = 0) -> ActionChunk:
     """The full chunk; row i is for stamp + (i + 1) * dt (the engine's convention)."""
     positions = _finite("chunk positions", positions)
     h, d = positions.shape
     msg = ActionChunk(chunk_seq=int(chunk_seq), episode_id=int(episode_id), subtask=subtask,
                       subtask_version=int(subtask_version), dt=float(dt), horizon=h, action_dim=d,
                       joint_names=list(joint_names), observation_to_ready=float(observation_to_ready),
-                      inference_time=float(inference_time))
+                      inference_time=float(inference_time), delay_steps=int(delay_steps))
     msg.header.stamp = ns_to_stamp(stamp_ns)
     msg.actions = array.array("f", positions.reshape(-1).tobytes())
     if velocities is not None:
@@ -190,7 +190,8 @@ def chunk_msg(chunk, joint_names: Sequence[str]) -> ActionChunk:
                             chunk_seq=chunk.chunk_seq, episode_id=chunk.episode_id, subtask=chunk.subtask,
                             subtask_version=chunk.subtask_version,
                             observation_to_ready=(chunk.ready_ns - chunk.stamp_ns) / 1e9,
-                            inference_time=chunk.inference_time, velocities=chunk.velocities)
+                            inference_time=chunk.inference_time, velocities=chunk.velocities,
+                            delay_steps=chunk.delay_steps)
 
 
 def joint_trajectory_msg(trajectory, joint_names: Sequence[str], columns=None) -> JointTrajectory:

@@ -101,6 +101,8 @@ def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         "chunks_published": loop.chunks.count,
         "inference_time_p50_ms": _ms(inf50), "inference_time_p99_ms": _ms(inf99),
         "chunk_latency_p50_ms": _ms(e2e50), "chunk_latency_p99_ms": _ms(e2e99),
+        "delay_estimate_ms": _ms(loop.delay.seconds()), "delay_steps": loop.delay.steps(loop.dt, loop.horizon),
+        "rtc_prefixed_chunks": loop.rtc_prefixes,
         "cycle_latency_p50_ms": _ms(cyc50), "cycle_latency_p99_ms": _ms(cyc99),
         "chunk_interval_jitter_ms": _ms(float(np.std(jitter))) if jitter.size > 2 else "nan",
         "deadline_misses": sched.get("deadline_misses", 0),

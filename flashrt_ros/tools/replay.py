@@ -478,7 +478,7 @@ def offline_records(bag: Bag, inputs: ReplayInputs, config) -> tuple[list[tuple[
             header=T["std_msgs/msg/Header"](stamp=stamp(c.stamp_ns), frame_id=""), chunk_seq=c.chunk_seq,
             episode_id=c.episode_id, subtask=c.subtask, subtask_version=c.subtask_version, dt=c.dt,
             horizon=c.positions.shape[0], action_dim=c.positions.shape[1], joint_names=list(c.joint_names),
-            actions=c.positions.reshape(-1).astype(np.float32), inference_time=c.inference_time, observation_to_ready=0.0,
+            actions=c.positions.reshape(-1).astype(np.float32), inference_time=c.inference_time, observation_to_ready=0.0, delay_steps=0,
             velocities=np.zeros(0, np.float32))   # the offline reference computes positions only
         records.append((CHUNK_TOPIC, c.stamp_ns, bytes(store.serialize_cdr(msg, "flashrt_ros/msg/ActionChunk"))))
     sources = {"planner": 0, "coach": 1, "operator": 2}
