@@ -197,6 +197,50 @@ def test_install_space_has_share_dirs_and_executables():
         assert path.is_file() and os.access(path, os.X_OK), path
 
 
+def test_installed_executables_start_with_the_python_they_were_built_for():
+    """CMakeLists.txt writes the build's Python into the shebang: not `/usr/bin/env python3`, which
+    runs whatever python3 is first on PATH (on a robot, maybe one without rclpy or torch)."""
+    prefix = _install_prefix()
+    for installed, source in ((prefix / "lib" / "flashrt_ros" / "flashrt_host", "scripts/flashrt_host"),
+                              (prefix / "lib" / "flashrt_ros" / "flashrt_world", "scripts/flashrt_world"),
+                              (prefix / "bin" / "flashrt-ros", "scripts/flashrt-ros")):
+        first, _, body = installed.read_text().partition("\n")
+        interpreter = first.removeprefix("#!")
+        assert first.startswith("#!/") and " " not in interpreter, (installed, first)
+        assert os.path.samefile(interpreter, sys.executable), (installed, first, sys.executable)
+        assert body == (REPO / source).read_text().partition("\n")[2], installed
+        assert (REPO / source).read_text().startswith("#!/usr/bin/env python3\n"), source
+
+
+def test_launch_file_has_a_remap_argument_for_every_host_topic():
+    """The launch file cannot be run here (launch/launch_ros are not on PyPI; launch/README.md says
+    how it was checked): its TOPICS table is read as data and compared with the host's topics."""
+    import ast
+
+    from flashrt_ros.host.params import SPECS, TRAJECTORY_TOPIC
+    from flashrt_ros.ros.actor_node import ACTION_CHUNK_TOPIC, INTERRUPT_TOPIC
+    from flashrt_ros.ros.planner_node import COACH_TOPIC, SUBTASK_TOPIC, TASK_TOPIC
+
+    source = (_share_dir() / "launch" / "flashrt.launch.py").read_text()
+    tree = ast.parse(source)
+    table = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "TOPICS" for t in node.targets))
+    remapped = {topic for _, topic, _ in table}
+    host_topics = {*SPECS["joint_state_topics"].default, TASK_TOPIC, COACH_TOPIC, INTERRUPT_TOPIC,
+                   TRAJECTORY_TOPIC, ACTION_CHUNK_TOPIC, SUBTASK_TOPIC}
+    assert remapped == host_topics
+    assert len({name for name, _, _ in table}) == len(table)
+    # Two nodes in one process: a `__node` remap would give both the same name. The params file
+    # goes to the host (which refuses a missing one), not to launch_ros (which skips it).
+    node_calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  and getattr(node.func, "id", None) == "Node"]
+    assert len(node_calls) == 1
+    keywords = {k.arg for k in node_calls[0].keywords}
+    assert "name" not in keywords and "parameters" not in keywords, keywords
+    assert {"remappings", "respawn", "respawn_delay", "namespace"} <= keywords
+    assert '"--params-file"' in source and '"autostart=false"' in source
+
+
 def test_console_script_help_lists_the_subcommands():
     exe = shutil.which("flashrt-ros")
     assert exe is not None, "flashrt-ros not on PATH (install/flashrt_ros/bin)"
