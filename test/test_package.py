@@ -31,6 +31,7 @@ ACTION_CHUNK_FIELDS = {
     "velocities": "sequence<float>",
     "observation_to_ready": "float",
     "inference_time": "float",
+    "delay_steps": "uint32",
 }
 SUBTASK_FIELDS = {
     "stamp": "builtin_interfaces/Time",
@@ -72,6 +73,7 @@ def _sample_chunk(horizon: int = 50, action_dim: int = 2):
     msg.velocities = (-actions).ravel().tolist()
     msg.observation_to_ready = 0.0321
     msg.inference_time = 0.0123
+    msg.delay_steps = 7
     return msg, actions
 
 
@@ -83,6 +85,7 @@ def _assert_chunk_equal(received, sent, actions: np.ndarray) -> None:
     assert list(received.joint_names) == list(sent.joint_names)
     assert np.float32(received.dt) == np.float32(sent.dt)
     assert np.float32(received.inference_time) == np.float32(sent.inference_time)
+    assert received.delay_steps == sent.delay_steps
     assert np.float32(received.observation_to_ready) == np.float32(sent.observation_to_ready)
     np.testing.assert_array_equal(np.asarray(received.velocities, np.float32).reshape(actions.shape), -actions)
     got = np.asarray(received.actions, dtype=np.float32).reshape(received.horizon, received.action_dim)

@@ -196,3 +196,24 @@ def test_namespaced_hosts_name_their_diagnostics_apart(ros):
     finally:
         for host in hosts:
             host.close()
+
+
+def test_a_latched_task_is_applied_once(arm):
+    """A task published transient-local reaches both of the planner's task subscriptions (volatile
+    and transient-local): it must be applied once (with a LeRobot policy each application is a new
+    subtask version)."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+    host = InProcessHost(arm_config())
+    try:
+        latched = arm.node.create_publisher(String, "/flashrt/task", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        assert wait_for(lambda: latched.get_subscription_count() >= 2, 10.0)
+        before = host.loop.engine.subtask.version
+        latched.publish(String(data="open the drawer"))
+        assert wait_for(lambda: host.loop.engine.subtask.version > before, 10.0)
+        time.sleep(1.0)
+        assert host.loop.engine.subtask.version == before + 1
+        assert host.loop.task_text == "open the drawer"
+    finally:
+        host.close()

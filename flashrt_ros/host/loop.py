@@ -546,7 +546,7 @@ class PolicyLoop:
             self.repeated_observations += 1
             return
         if engine.subtask.version == 0:
-            self.waiting = ("waiting for a task on /flashrt/task" if not self.task_text
+            self.waiting = (f"waiting for a task on {self.task_topic}" if not self.task_text
                             else "waiting for the planner's first subtask")
             return
         self.waiting = ""
@@ -806,9 +806,14 @@ class PolicyLoop:
         if abs(offset) <= bound:
             return False
         side = "behind" if offset > 0 else "ahead of"
+        cause = self.clock_problem() or "are the clocks synchronised (chrony/PTP)?"
         self.reject_input(source, f"{what}: stamp {abs(offset):.3f} s {side} the host clock "
-                                  f"(max_stamp_skew_s {bound:g}): are the clocks synchronised (chrony/PTP)?")
+                                  f"(max_stamp_skew_s {bound:g}): {cause}")
         return True
+
+    @property
+    def task_topic(self) -> str:
+        return self.record_topics.get("task", ("/flashrt/task", None))[0]
 
     def _observation_input(self) -> None:
         if self._by_observation and self.scheduler is not None:

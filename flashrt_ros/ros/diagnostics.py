@@ -170,7 +170,7 @@ def _planner_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
     elif loop.last_rejected_text and now - loop.last_rejected_text_at <= RECENT_S:
         level, message = WARN, f"rejected: {loop.last_rejected_text}"
     elif not loop.task_text:
-        level, message = OK, "waiting for a task on /flashrt/task"
+        level, message = OK, f"waiting for a task on {loop.task_topic}"
     else:
         level, message = OK, f"subtask {sub.text!r} (v{sub.version}, {sub.source})" if sub else "not configured"
     return _status("planner", level, message, values)

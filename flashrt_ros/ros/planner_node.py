@@ -100,8 +100,9 @@ class PlannerNode(LifecycleNode):
             return
         now = time.monotonic()
         last = self._last_task
-        if last is not None and last[0] == text == self.loop.task_text and now - last[1] < DUPLICATE_S:
-            return   # the same sample through the other task subscription
+        if last is not None and last[0] == text and now - last[1] < DUPLICATE_S:
+            return   # the same sample through the other task subscription (set_task is queued: the
+                     # loop's task_text may not show it yet, so it cannot be the test)
         self._last_task = (text, now)
         self.loop.set_task(text)
 
