@@ -64,6 +64,8 @@ setup(
     extras_require={
         "bags": ["rosbags"],
         "plots": ["matplotlib"],
+        # replaying many bags in parallel (flashrt-ros replay DIR --workers N): tools/fleet.py
+        "fleet": ["ray", "rosbags", "matplotlib"],
         "test": ["pytest", "pytest-timeout", "catkin-pkg"],
     },
     entry_points={"console_scripts": ["flashrt-ros = flashrt_ros.cli:main"]},

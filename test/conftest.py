@@ -16,9 +16,7 @@ Fixtures:
 
 from __future__ import annotations
 
-import fcntl
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -35,26 +33,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # beside the DDS tests that follow on a 2-core machine
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
-_DOMAIN_LOCK_DIR = os.path.join(tempfile.gettempdir(), "flashrt_ros_test_domains")
+# One lock file per domain id, shared with fleet replays (flashrt_ros/tools/domains.py).
+from flashrt_ros.tools.domains import claim_domain_id  # noqa: E402
 
-
-def _claim_domain_id() -> tuple[int, object]:
-    """Pick a free ROS_DOMAIN_ID in 1..101 and hold its lock file for the whole run."""
-    os.makedirs(_DOMAIN_LOCK_DIR, exist_ok=True)
-    candidates = list(range(1, 102))
-    random.Random(os.getpid() ^ time.monotonic_ns()).shuffle(candidates)
-    for domain_id in candidates:
-        handle = open(os.path.join(_DOMAIN_LOCK_DIR, f"{domain_id}.lock"), "w")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        return domain_id, handle  # the lock is released when the process exits
-    raise RuntimeError("no free ROS_DOMAIN_ID in 1..101: too many concurrent test runs")
-
-
-ROS_DOMAIN_ID, _domain_lock = _claim_domain_id()
+ROS_DOMAIN_ID, _domain_lock = claim_domain_id()
 ROS_LOG_DIR = tempfile.mkdtemp(prefix="flashrt_ros_test_log_")
 os.environ["ROS_DOMAIN_ID"] = str(ROS_DOMAIN_ID)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"

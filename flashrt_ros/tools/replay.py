@@ -37,7 +37,7 @@ from .bags import Bag, BagError
 from .replay_inputs import Input, ReplayInputs, absolute, played, scan, topic_map
 from .replay_outputs import (CHUNK_TOPIC, OUTPUT_TYPES, SUBTASK_TOPIC, TRAJECTORY_TOPIC, Comparison, Outputs,
                              compare, decode_records, read_outputs, write_outputs)
-from .replay_report import comparison_lines, write_report
+from .replay_report import comparison_lines, write_report, write_summary
 
 EXIT_OK, EXIT_DIVERGED, EXIT_ERROR, EXIT_NOTHING = 0, 1, 2, 3
 ACK_TIMEOUT_S = 60.0
@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                                        "Exit status: 0 ok, 1 diverged from --compare beyond --tolerance, 2 bad "
                                        "arguments or configuration or an unreadable bag, 3 nothing to replay "
                                        "(a camera or joint-state topic missing). Details: docs/replay.md")
-    p.add_argument("bag", help="rosbag2 bag: a directory (MCAP or sqlite3) or an .mcap/.db3 file")
+    p.add_argument("bag", nargs="+", help="rosbag2 bag(s): a directory (MCAP or sqlite3) or an .mcap/.db3 file; "
+                   "several, or a directory holding bags, replay as a fleet (one merged report)")
     p.add_argument("--params-file", action="append", default=[], metavar="F",
                    help="host parameters (ROS 2 params YAML, as `flashrt-ros host` takes); repeatable")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a host parameter")
@@ -80,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch CPU threads (default: torch's choice; small models on a busy CPU run faster with 1)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    fleet = p.add_argument_group("fleet (several bags: flashrt_ros/tools/fleet.py, Ray)")
+    fleet.add_argument("--workers", type=int, metavar="N", help="bags replayed at once (default: 1 per CPU)")
+    fleet.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: a local Ray)")
+    fleet.add_argument("--gpus-per-bag", type=float, default=0.0, metavar="G",
+                       help="GPUs each bag's task asks Ray for (0.25: four replays share a GPU)")
+    fleet.add_argument("--force", action="store_true", help="replay bags whose outputs exist for the same "
+                       "checkpoint, parameters and bag")
     return p
 
 
@@ -492,6 +500,14 @@ def offline_records(bag: Bag, inputs: ReplayInputs, config) -> tuple[list[tuple[
 # --- the command --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .fleet import find_bags, is_fleet, run_fleet
+    if is_fleet(args):
+        try:
+            return run_fleet(args, find_bags(args.bag))
+        except (ValueError, OSError) as err:
+            print(f"flashrt-ros replay: {err}", file=sys.stderr)
+            return EXIT_ERROR
+    args.bag = args.bag[0]
     mode = "rate" if args.rate is not None else "offline" if args.offline else "step"
     if mode == "rate" and not (args.rate > 0 and math.isfinite(args.rate)):
         print(f"flashrt-ros replay: --rate must be > 0, got {args.rate}", file=sys.stderr)
@@ -529,6 +545,7 @@ def _replay(args, mode: str, out_dir: Path) -> int:
             run["wall_s"] = time.monotonic() - t_start
             write_outputs(out_dir, [], {"bag": str(bag.path), "mode": mode})
             report = write_report(out_dir, inputs, Outputs(), run)
+            write_summary(out_dir, inputs, Outputs(), run, None, EXIT_NOTHING)
             missing = "; ".join(f"{k}: {v} is not in the bag" for k, v in inputs.missing.items())
             print(f"flashrt-ros replay: nothing to replay: {missing}. Image topics in the bag: "
                   f"{', '.join(images) or 'none'}; map one with --camera NAME=TOPIC. Report: {report}",
@@ -552,6 +569,8 @@ def _replay(args, mode: str, out_dir: Path) -> int:
         run["compare_ref"] = args.compare
     run.update(wall_s=time.monotonic() - t_start, holds=holds, rejected=rejected)
     report = write_report(out_dir, inputs, outputs, run, comparison)
+    code = EXIT_DIVERGED if comparison is not None and not comparison.ok else EXIT_OK
+    write_summary(out_dir, inputs, outputs, run, comparison, code)
     print(f"replay: {len(outputs.chunks)} chunks, {len(outputs.subtasks)} subtask changes -> "
           f"{out_dir / 'outputs.mcap'}; report {report}")
     if comparison is not None:

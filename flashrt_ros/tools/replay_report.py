@@ -9,6 +9,8 @@ The Markdown states what was skipped or missing, deadline misses, and the compar
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +219,33 @@ def write_report(out_dir: Path, inputs: ReplayInputs, outputs: Outputs, run: dic
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_summary(out_dir: Path, inputs: ReplayInputs, outputs: Outputs, run: dict,
+                  comparison: Comparison | None, exit_code: int, key: str = "") -> dict:
+    """summary.json: the figures of one replay that a fleet report merges (one row per bag)."""
+    lat = latency_stats(outputs, float(run.get("deadline_s", 0.1)))
+    compare = None
+    if comparison is not None:
+        compare = {"ok": comparison.ok, "identical": comparison.identical,
+                   "max_diff": float(np.max(comparison.max_diff)) if comparison.max_diff.size else 0.0,
+                   "first_divergence": comparison.first_divergence,
+                   "unmatched": len(comparison.only_ours) + len(comparison.only_ref)}
+    summary = {
+        "bag": str(inputs.path), "exit_code": exit_code, "key": key, "mode": run.get("mode", ""),
+        "observations": inputs.observations, "chunks": len(outputs.chunks),
+        "subtask_changes": len(outputs.subtasks), "stops": sum(1 for t in outputs.trajectories if t.is_stop),
+        "latency_p50_ms": lat["p50"] * 1e3, "latency_p99_ms": lat["p99"] * 1e3,
+        "deadline_misses": len(lat["misses"]),
+        "skipped": int(sum(inputs.skipped().values())), "missing": dict(inputs.missing),
+        "unknown_topics": len(inputs.unknown_topics),
+        "dropped_frames": int(sum(n for gaps in inputs.dropped_frames.values() for _, n in gaps)),
+        "rejected": dict(run.get("rejected", {})), "compare": compare, "wall_s": run.get("wall_s", float("nan")),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
 
 
 def _counts(items: list[str]) -> list[tuple[str, int]]:
