@@ -13,6 +13,16 @@ A LeRobot policy has no planner network: the task text is the subtask, and coach
   written into a static token buffer; the subtask version is tracked on the host.
 Each chunk is ONE graph replay: vision + prefix encode + all denoise steps (see models/lerobot/pi0.py).
 Images are resized with padding eagerly before the replay (camera sizes may change between calls).
+
+Real-time chunking (`rtc=RtcSettings(...)`, guided mode, models/rtc.py): a SECOND graph is captured,
+the same network with every denoise step's velocity guided toward a prefix read from two static
+buffers ("actor.rtc_prefix" [1, H, max_action_dim], normalised and zero-padded as LeRobot pads
+prev_chunk_left_over; "actor.rtc_weights" [1, H, 1]). act(prefix=..., delay=d) normalises the prefix
+(the inverse of the checkpoint's action unnormalisation), writes both buffers and replays that graph;
+act() without a prefix replays the plain graph, unchanged. jacobian "vjp" (ΠGDM) differentiates
+through the action expert inside the graph: it is captured with autograd enabled (StaticGraph grad),
+the backward kernels in the same CUDA graph. The trained (hard-prefix) mode is not available for
+LeRobot checkpoints (see RTC_TRAINED_UNSUPPORTED).
 """
 from __future__ import annotations
 
@@ -27,11 +37,19 @@ import torch
 from .base import ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
 from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.models.lerobot.loader import PolicyDirError
+from flashrt_ros.models.rtc import Guidance, RtcSettings, prefix_weights
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
 from flashrt_ros.runtime.kernels import ENCODINGS, Postprocessor, image_layout
 
 DEFAULT_CHUNK_DT = 0.02
 COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (docs/design/lerobot.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`
+RTC_MODES = ("guided", "trained")
+RTC_TRAINED_UNSUPPORTED = (
+    "rtc_mode 'trained' (hard prefix with per-token flow time) is not available for LeRobot checkpoints: "
+    "LeRobot 0.6.1 trains π0, π0.5 and SmolVLA with one flow time per chunk (no training-time RTC setting, "
+    "e.g. none in PI05Config), so no LeRobot checkpoint has learned clean-time prefix tokens, and these "
+    "networks condition the action expert on a single time per step (π0.5's adaRMS tables, the π0/SmolVLA "
+    "time MLP); use rtc_mode 'guided'")
 
 
 @dataclass(frozen=True)
@@ -53,7 +71,14 @@ class LerobotEngine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "lerobot", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
                  planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False,
-                 tokenizer: str | Path | None = None):
+                 tokenizer: str | Path | None = None, rtc: RtcSettings | None = None, rtc_mode: str = "guided"):
+        if rtc_mode not in RTC_MODES:
+            raise ValueError(f"rtc_mode {rtc_mode!r}: expected one of {', '.join(RTC_MODES)}")
+        if rtc_mode == "trained":
+            raise ValueError(RTC_TRAINED_UNSUPPORTED)
+        if rtc is not None and not isinstance(rtc, RtcSettings):
+            raise TypeError(f"rtc must be an RtcSettings or None, got {type(rtc).__name__}")
+        self.rtc, self.rtc_mode = rtc, rtc_mode
         if not checkpoint:
             raise PolicyDirError("a LeRobot model needs `checkpoint`: the policy directory")
         self.device = resolve_device(device)
@@ -104,6 +129,14 @@ class LerobotEngine:
             "actor", self._actor_fn, b,
             reads=["actor.images", "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state"],
             writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
+        self.rtc_graph: StaticGraph | None = None
+        if rtc is not None:
+            b.declare("actor.rtc_prefix", (1, H, int(p.config["max_action_dim"])), torch.float32)
+            b.declare("actor.rtc_weights", (1, H, 1), torch.float32)
+            self.rtc_graph = self.capture_rtc_graph(rtc)
+            self.notes.append(f"rtc: guided ({rtc.jacobian}), schedule {rtc.schedule}, execution horizon "
+                              f"{rtc.execution_horizon}, max guidance weight {rtc.max_guidance_weight}: a second "
+                              f"actor graph")
         self.capsules = CapsuleStore(b)
         self.capsules.snapshot("initial")
         self._task_text = ""
@@ -132,14 +165,52 @@ class LerobotEngine:
                               f"vs the plain path")
 
     # --- the graph -----------------------------------------------------------------------------------
-    def _actor_fn(self, b: BufferSet) -> None:
+    def _actor_fn(self, b: BufferSet, guidance: Guidance | None = None) -> None:
         L = self.policy.max_length
         slot, version = self.channel.read_in_graph(b)
         prompt = slot if self.prompt_in_channel else b["actor.prompt"]
         tokens, mask = prompt[:, :L], prompt[:, L:] != 0
-        out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"])
+        if guidance is None:
+            out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"])
+        else:
+            out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"],
+                             guidance=guidance)
         b["actor.actions"].copy_(out[..., : self.policy.action_dim])
         b["actor.subtask_version"].copy_(version)
+
+    def capture_rtc_graph(self, rtc: RtcSettings) -> StaticGraph:
+        """The guided actor graph for `rtc` over the engine's buffers (the constructor captures the one
+        act() replays; a benchmark may capture another jacobian's). vjp: autograd inside the graph."""
+        def guided_fn(b: BufferSet) -> None:
+            self._actor_fn(b, Guidance(b["actor.rtc_prefix"], b["actor.rtc_weights"], float(rtc.max_guidance_weight),
+                                       rtc.jacobian))
+        return StaticGraph(
+            f"actor_rtc_{rtc.jacobian}", guided_fn, self.buffers,
+            reads=["actor.images", "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state",
+                   "actor.rtc_prefix", "actor.rtc_weights"],
+            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
+            grad=rtc.jacobian == "vjp").capture()
+
+    def rtc_inputs(self, prefix, delay: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix [P, action_dim] in action units -> what "actor.rtc_prefix" holds (normalised as
+        LeRobot's preprocessor normalises actions, zero-padded to [1, H, max_action_dim]) and the weights
+        prefix_weights(schedule, delay, min(execution_horizon, P), H) as "actor.rtc_weights" [1, H, 1]."""
+        rtc, p = self.rtc, self.policy
+        H, D = p.chunk_size, p.action_dim
+        pre = np.asarray(prefix, dtype=np.float32)
+        if pre.ndim != 2 or pre.shape[1] != D or not 1 <= pre.shape[0] <= H:
+            raise ValueError(f"the RTC prefix must be [P, {D}] with 1 <= P <= {H} (the chunk), got {list(pre.shape)}")
+        if not np.all(np.isfinite(pre)):
+            raise ValueError("the RTC prefix has non-finite values")
+        if isinstance(delay, bool) or int(delay) != delay or delay < 0:
+            raise ValueError(f"the RTC delay must be an integer >= 0, got {delay!r}")
+        P = pre.shape[0]
+        norm = torch.from_numpy(pre)
+        norm = p.post["action"].normalize(norm) if "action" in p.post else norm
+        padded = torch.zeros(tuple(self.buffers["actor.rtc_prefix"].shape), dtype=torch.float32)
+        padded[0, :P, :D] = norm
+        weights = prefix_weights(rtc.schedule, int(delay), min(rtc.execution_horizon, P), H)
+        return padded, weights.view(1, H, 1)
 
     # --- task / coaching -----------------------------------------------------------------------------
     def set_task(self, text: str) -> None:
@@ -190,9 +261,18 @@ class LerobotEngine:
 
     # --- the actor -----------------------------------------------------------------------------------
     def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
-            chunk_seq: int = 0, action_origin: np.ndarray | None = None) -> ChunkResult:
+            chunk_seq: int = 0, action_origin: np.ndarray | None = None, prefix: np.ndarray | None = None,
+            delay: int = 0) -> ChunkResult:
+        """One chunk. prefix (real-time chunking, needs `rtc`): float32 [P, action_dim] in action units,
+        row i the action due at the observation stamp + (i + 1) * dt (aligned with the chunk's rows),
+        P <= the chunk's rows; delay: how many of its leading actions run before this chunk can.
+        Without a prefix (None, or 0 rows) the plain chunk."""
         t0 = time.perf_counter()
         p = self.policy
+        guided = prefix is not None and np.size(prefix) > 0
+        if guided and self.rtc_graph is None:
+            raise ValueError("act(prefix=...): this engine was built without real-time chunking (rtc=None)")
+        rtc_in = self.rtc_inputs(prefix, delay) if guided else None   # checked before anything is written
         q = check_joints(joint_positions, p.state_dim)
         q0 = action_start(q, action_origin, self.config.action_dim)
         if len(images) != self.config.n_cameras or len(encodings) != len(images):
@@ -210,7 +290,12 @@ class LerobotEngine:
             cams = [camera_tensor(img, enc, self.device) for img, enc in zip(images, encodings)]
             self.buffers["actor.images"].copy_(p.model.prepare_images([c[None] for c in cams]))
         self.chunk_io.write_noise(chunk_seq, stream)
-        self.actor_graph.replay()
+        if rtc_in is not None:
+            self.buffers.write("actor.rtc_prefix", rtc_in[0], stream=stream)
+            self.buffers.write("actor.rtc_weights", rtc_in[1], stream=stream)
+            self.rtc_graph.replay()
+        else:
+            self.actor_graph.replay()
         positions, velocities, nonfinite, version = self.chunk_io.fetch(q0, stream)
         if self.prompt_in_channel:
             text = self.channel.state.text if version == self.channel.state.version else ""

@@ -96,3 +96,29 @@ def guided_velocity(velocity: Callable[[torch.Tensor], torch.Tensor], x_t: torch
         correction = (prefix - (x_t + remaining * v)) * weights
     w = guidance_weight(tau, max_weight)
     return v + math.copysign(w, remaining) * correction
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What one guided chunk needs inside the model's denoise loop (static shapes: a captured graph
+    reads `prefix` and `weights` from static buffers). prefix: [B, H, A] in the model's normalised,
+    padded action space (zeros past the real prefix and in the padded action dims, as LeRobot pads
+    prev_chunk_left_over); weights: [1, H, 1] (prefix_weights), applied to every action dim."""
+    prefix: torch.Tensor
+    weights: torch.Tensor
+    max_weight: float
+    jacobian: str = "vjp"
+
+
+def euler_guided(velocity: Callable[[int, torch.Tensor], torch.Tensor], x_t: torch.Tensor, num_steps: int,
+                 guidance: Guidance) -> torch.Tensor:
+    """LeRobot's euler_integrate (time 1 -> 0, dt = -1/num_steps, x <- x + dt * v) with every step's
+    velocity guided: tau = 1 - time, x1 = x_t - time * v (remaining = -time). velocity(step, x_t) -> v."""
+    dt = -1.0 / num_steps
+    for step in range(num_steps):
+        time = 1.0 + step * dt
+        v_t = guided_velocity(lambda x, step=step: velocity(step, x), x_t, remaining=-time, tau=1.0 - time,
+                              prefix=guidance.prefix, weights=guidance.weights, max_weight=guidance.max_weight,
+                              jacobian=guidance.jacobian)
+        x_t = x_t + dt * v_t
+    return x_t

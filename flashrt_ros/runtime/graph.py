@@ -28,6 +28,7 @@ class StaticGraph:
         writes: Sequence[str],
         stream: "torch.cuda.Stream | None" = None,
         pool=None,
+        grad: bool = False,
     ):
         self.name = name
         self.fn = fn
@@ -40,6 +41,10 @@ class StaticGraph:
         self.on_gpu = buffers.device.type == "cuda"
         self.stream = stream if stream is not None or not self.on_gpu else torch.cuda.Stream(buffers.device)
         self._pool = pool
+        # grad: the function differentiates inside (torch.enable_grad, autograd.grad; e.g. RTC's ΠGDM
+        # guidance): captured and replayed under no_grad instead of inference_mode, where autograd
+        # records nothing. Its backward kernels are captured into the same CUDA graph.
+        self.grad = bool(grad)
         self._cuda_graph: "torch.cuda.CUDAGraph | None" = None
         self._fingerprint: dict | None = None
         self._generation = -1
@@ -51,7 +56,7 @@ class StaticGraph:
 
     def capture(self, warmup: int = 2) -> "StaticGraph":
         names = (*self.reads, *self.writes)
-        with torch.inference_mode():
+        with self._mode():
             if not self.on_gpu:
                 self.fn(self.buffers)  # one eager run proves the function works over these buffers
             else:
@@ -79,9 +84,12 @@ class StaticGraph:
             with torch.cuda.stream(stream or self.stream):
                 self._cuda_graph.replay()
         else:
-            with torch.inference_mode():
+            with self._mode():
                 self.fn(self.buffers)
         self.replays += 1
+
+    def _mode(self):
+        return torch.no_grad() if self.grad else torch.inference_mode()
 
     def synchronize(self) -> None:
         if self.on_gpu:

@@ -41,6 +41,7 @@ from torch import nn
 
 from .common import (additive_mask, aligned_rows, apply_rope, attention, block_mask, euler_times, fit_state_dict, fold_mask,
                      gelu_tanh, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
+from ..rtc import Guidance, euler_guided
 from .processing import resize_with_pad_centered
 from .siglip import VisionTransformer
 
@@ -176,18 +177,23 @@ class GemmaWeights(NamedTuple):
     norm2: torch.Tensor | None
 
 
-def _qkv(h: torch.Tensor, w: GemmaWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int,
-         cos: torch.Tensor, sin: torch.Tensor):
-    """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE; k and v are also written to the
-    caches [B, kv_heads, :, head_dim] at start:start + T. Head counts follow from the shapes."""
+def _project(h: torch.Tensor, w: GemmaWeights, kv_heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor):
+    """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE."""
     B, T, _ = h.shape
-    kv_heads, head_dim = k_cache.shape[1], k_cache.shape[3]
     kv_rows = kv_heads * head_dim
     q, k, v = F.linear(h, w.qkv).split([w.qkv.shape[0] - 2 * kv_rows, kv_rows, kv_rows], dim=-1)
     q = q.reshape(B, T, -1, head_dim).transpose(1, 2)
     k = k.reshape(B, T, -1, head_dim).transpose(1, 2)
     v = v.reshape(B, T, -1, head_dim).transpose(1, 2)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def _qkv(h: torch.Tensor, w: GemmaWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int,
+         cos: torch.Tensor, sin: torch.Tensor):
+    """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE; k and v are also written to the
+    caches [B, kv_heads, :, head_dim] at start:start + T. Head counts follow from the shapes."""
+    T = h.shape[1]
+    q, k, v = _project(h, w, k_cache.shape[1], k_cache.shape[3], cos, sin)
     k_cache[:, :, start:start + T] = k
     v_cache[:, :, start:start + T] = v
     return q, k, v
@@ -215,7 +221,14 @@ def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torc
     attends to all of them [prefix ; suffix]. ada: π0.5's adaRMS rows for this layer and step, float32
     [2, 3W] (input, post-attention), or None for π0 (RMSNorms w.norm1, w.norm2: no gate)."""
     h, gate = (rms_norm(x, w.norm1), None) if ada is None else _modulate(x, ada[0])
-    q, _, _ = _qkv(h, w, k_cache, v_cache, k_cache.shape[2] - x.shape[1], cos, sin)
+    start = k_cache.shape[2] - x.shape[1]
+    if torch.is_grad_enabled():
+        # differentiated (RTC's ΠGDM vector-Jacobian product): no in-place cache write, whose shared
+        # version counter would invalidate the saved K/V of the earlier layers; same values
+        q, k, v = _project(h, w, k_cache.shape[1], k_cache.shape[3], cos, sin)
+        k_cache, v_cache = torch.cat([k_cache[:, :, :start], k], dim=2), torch.cat([v_cache[:, :, :start], v], dim=2)
+    else:
+        q, _, _ = _qkv(h, w, k_cache, v_cache, start, cos, sin)
     out = _attend(q, k_cache, v_cache, mask, w)
     x = x + out if gate is None else x + out * gate
     h, gate = (rms_norm(x, w.norm2), None) if ada is None else _modulate(x, ada[1])
@@ -381,10 +394,11 @@ class Pi0(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, img_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                state: torch.Tensor, noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         """images [B, n, 3, R, R] in [-1, 1], img_masks [B, n] bool, tokens [B, L] int64, token_mask [B, L] bool,
         state [B, max_state_dim] (normalised, padded; unused by π0.5), noise [B, H, max_action_dim]
-        -> actions [B, H, max_action_dim] (normalised)."""
+        -> actions [B, H, max_action_dim] (normalised). guidance: RTC's prefix guidance at every denoise
+        step (models/rtc.py); None: the plain loop."""
         if not self._finalized:
             raise RuntimeError("call finalize(device, dtype) after loading the weights")
         dtype = self.action_in_proj.weight.dtype
@@ -416,6 +430,9 @@ class Pi0(nn.Module):
         state_emb = None if self.pi05 else self.state_proj(state.to(dtype))[:, None]
 
         x_t = noise.to(torch.float32)
+        if guidance is not None:
+            return euler_guided(lambda step, x: self._velocity(step, x, state_emb, kv, mask, cos, sin), x_t,
+                                self.num_steps, guidance)
         dt = -1.0 / self.num_steps
         for step in range(self.num_steps):
             v_t = self._velocity(step, x_t, state_emb, kv, mask, cos, sin)

@@ -62,6 +62,7 @@ from torch import nn
 from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict,
                      parameter_bytes, rope_cos_sin,
                      sinusoidal_time_embedding)
+from ..rtc import Guidance, euler_guided
 from .siglip import VisionTransformer
 
 ROPE_WAVELENGTH = 10_000.0  # LeRobot's apply_rope default, used regardless of the VLM's rope_theta
@@ -361,10 +362,11 @@ class SmolVLA(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, img_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                state: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+                state: torch.Tensor, noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
         """images [B, n, 3, R, R] in [-1, 1], img_masks [B, n] bool, tokens [B, L] int64, token_mask [B, L] bool,
         state [B, max_state_dim] (normalised, padded), noise [B, chunk, max_action_dim]
-        -> actions [B, chunk, max_action_dim] float32 (normalised)."""
+        -> actions [B, chunk, max_action_dim] float32 (normalised). guidance: RTC's prefix guidance at every
+        denoise step (models/rtc.py); None: the plain loop."""
         dtype = self.action_in_proj.weight.dtype
         B, n = images.shape[:2]
         dev = images.device
@@ -403,6 +405,10 @@ class SmolVLA(nn.Module):
                 cross_kv[i] = attn.heads(attn.k_proj(k_in)), attn.heads(attn.v_proj(v_in))
 
         x_t = noise.to(torch.float32)
+        if guidance is not None:
+            return euler_guided(lambda step, x: self._velocity(step, x, prefix_k, prefix_v, cross_kv, self_mask,
+                                                               cross_mask, self_rope, cross_rope),
+                                x_t, self.num_steps, guidance)
         dt = -1.0 / self.num_steps
         for step in range(self.num_steps):
             v_t = self._velocity(step, x_t, prefix_k, prefix_v, cross_kv, self_mask, cross_mask, self_rope, cross_rope)
