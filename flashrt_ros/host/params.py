@@ -156,8 +156,10 @@ PARAMS: tuple[Param, ...] = (
           _in(1, 100000)),
     Param("rtc_max_guidance_weight", float, 10.0, "cap of the guidance weight (guided mode)",
           _in(0.0, 1e6, True)),
-    Param("rtc_jacobian", str, "vjp", "guided mode: 'vjp' (ΠGDM, a vector-Jacobian product through the action "
-          "expert, the paper's) or 'identity' (LeRobot 0.6.1's, cheaper)", _one_of("vjp", "identity")),
+    Param("rtc_jacobian", str, "identity", "guided mode: 'identity' (LeRobot 0.6.1's guidance: the weighted "
+          "error itself; 1.01x a plain chunk on the H200) or 'vjp' (the paper's ΠGDM: a vector-Jacobian product "
+          "through the action expert, 1.98x; weak where the policy's clean-chunk prediction barely depends on "
+          "the noisy one: docs/design/rtc.md)", _one_of("identity", "vjp")),
     # --- task and coaching -----------------------------------------------------------------------
     Param("task", str, "", "task set at start-up and after every reset ('' = wait for /flashrt/task)", _text),
     Param("coach_hold_s", float, 0.0, "after coaching, the planner resumes after this long; 0 = at the next task",
@@ -264,7 +266,7 @@ class HostConfig:
     rtc_schedule: str = "LINEAR"
     rtc_execution_horizon: int = 10
     rtc_max_guidance_weight: float = 10.0
-    rtc_jacobian: str = "vjp"
+    rtc_jacobian: str = "identity"
     task: str = ""
     coach_hold_s: float = 0.0
     autostart: bool = True
