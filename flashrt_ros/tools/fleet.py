@@ -33,11 +33,17 @@ BAG_SUFFIXES = (".mcap", ".db3")
 
 # --- which bags --------------------------------------------------------------------------------------
 def is_fleet(args) -> bool:
-    """Several bags, a directory holding bags (not itself a bag), or --workers."""
+    """Several bags, a directory holding bags (not itself a bag, nor a bag's storage files without
+    its metadata: the single-bag path explains those), or --workers."""
     if len(args.bag) > 1 or args.workers is not None or args.ray_address:
         return True
     path = Path(args.bag[0])
-    return path.is_dir() and not _is_bag(path)
+    if not path.is_dir() or _is_bag(path) or any(p.suffix in BAG_SUFFIXES for p in path.iterdir()):
+        return False
+    try:
+        return bool(find_bags([path]))
+    except ValueError:
+        return False
 
 
 def _is_bag(path: Path) -> bool:

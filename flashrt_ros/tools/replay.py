@@ -142,7 +142,8 @@ def describe(config, mode: str, rate: float | None) -> dict:
         mode_text = ("`--step`: lock-step over DDS, host on sim time (deterministic)" if mode == "step"
                      else "`--offline`: the Engine fed directly, no ROS (the lock-step reference)")
     host += f", horizon {config.horizon or 'model'}, overlap {config.overlap_policy}"
-    return {"mode": mode_text, "policy": policy, "host": host, "deadline_s": 1.0 / config.actor_hz}
+    return {"mode": mode_text, "policy": policy, "host": host, "deadline_s": 1.0 / config.actor_hz,
+            "overlap_policy": config.overlap_policy}
 
 
 # --- progress -----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import boundaries
 from .replay_inputs import ReplayInputs
 from .replay_outputs import Comparison, Outputs
 
@@ -161,6 +162,9 @@ def write_report(out_dir: Path, inputs: ReplayInputs, outputs: Outputs, run: dic
         plot_subtasks(out_dir / "subtasks.png", inputs, outputs, t0)
         plot_latency(out_dir / "latency.png", outputs, deadline)
         plots = ["actions.png", "subtasks.png", "latency.png"]
+        joint_names = outputs.chunks[0].joint_names if outputs.chunks else ()
+        if boundaries.plot(out_dir / "boundaries.png", outputs.trajectories, t0, joint_names=joint_names):
+            plots.append("boundaries.png")
 
     stops = sum(1 for t in outputs.trajectories if t.is_stop)
     n_obs = inputs.observations
@@ -199,6 +203,21 @@ def write_report(out_dir: Path, inputs: ReplayInputs, outputs: Outputs, run: dic
     for t, what in sorted(timeline, key=lambda x: x[0]):
         lines.append(f"| {_s(t, t0):.3f} s | {what} |")
     lines.append("")
+    smooth = boundaries.figures(outputs.trajectories)
+    lines += ["## Chunk boundaries", ""]
+    if smooth["boundaries"]:
+        def row(name, key, unit):
+            f = smooth[key]
+            return f"| {name} ({unit}) | {f['p50']:.4g} | {f['p95']:.4g} | {f['max']:.4g} |"
+        lines += [f"Where a new chunk's trajectory took over ({smooth['boundaries']} takeovers; "
+                  f"overlap_policy `{run.get('overlap_policy', '?')}`): the jump beyond what the previous chunk had "
+                  f"planned, and the jerk of the executed commands around it (`boundaries.png`: the largest).", "",
+                  "| | p50 | p95 | max |", "|---|---:|---:|---:|",
+                  row("position jump", "position_jump", "joint units"),
+                  row("velocity jump", "velocity_jump", "units/s"),
+                  row("jerk RMS", "jerk_rms", "units/s^3"), ""]
+    else:
+        lines += ["No chunk took over from another.", ""]
     lines += ["## Latency and deadline misses", "",
               f"Actor deadline {deadline * 1e3:.0f} ms (1 / actor_hz). Inference latency p50 {_ms(lat['p50'])}, "
               f"p99 {_ms(lat['p99'])}, max {_ms(lat['max'])}; {len(lat['misses'])} of {len(outputs.chunks)} chunks "
@@ -241,6 +260,7 @@ def write_summary(out_dir: Path, inputs: ReplayInputs, outputs: Outputs, run: di
         "unknown_topics": len(inputs.unknown_topics),
         "dropped_frames": int(sum(n for gaps in inputs.dropped_frames.values() for _, n in gaps)),
         "rejected": dict(run.get("rejected", {})), "compare": compare, "wall_s": run.get("wall_s", float("nan")),
+        "boundaries": boundaries.figures(outputs.trajectories),
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
