@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "soak": ("flashrt_ros.tools.soak", "benchmark a long run of the host against a moving robot: stalls, holds, latency"),
     "recover": ("flashrt_ros.tools.recover", "make an episode bag cut short by a crash readable again"),
     "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world"),
+    "evaluate": ("flashrt_ros.tools.evaluate", "closed-loop episodes of the reference world through the host's "
+                 "rules, with an injected delay: success, time, smoothness at chunk boundaries"),
 }
 
 

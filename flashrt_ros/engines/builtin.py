@@ -23,6 +23,7 @@ from flashrt_ros.models.actor import Actor
 from flashrt_ros.models.checkpoint import REFERENCE_WEIGHTS, load_checkpoint
 from flashrt_ros.models.config import ModelConfig
 from flashrt_ros.models.planner import Planner
+from flashrt_ros.models.rtc import RtcSettings, prefix_weights
 from flashrt_ros.models.stages import planner_hidden_shape, planner_stages
 from flashrt_ros.models.tokenizer import WordTokenizer
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
@@ -31,11 +32,18 @@ from flashrt_ros.runtime.kernels import Postprocessor, Preprocessor
 from .base import MAX_TEXT_BYTES, ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
 
 
+RTC_MODES = ("guided", "trained")
+
+
 class Engine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "reference", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
-                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False):
+                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False,
+                 rtc: RtcSettings | None = None, rtc_mode: str = "guided"):
         self.device = resolve_device(device)
+        if rtc_mode not in RTC_MODES:
+            raise ValueError(f"rtc_mode must be one of {', '.join(RTC_MODES)}, got {rtc_mode!r}")
+        self.rtc, self.rtc_mode = rtc, rtc_mode
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
         # Weights and activations in `dtype`; buffers at the edges stay float32.
@@ -90,6 +98,20 @@ class Engine:
             "actor", self._actor_fn, b,
             reads=["actor.images", "actor.state", "actor.noise", "subtask.slots", "subtask.state"],
             writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
+        # Real-time chunking: a second graph over the same buffers plus the prefix and its weights
+        # (static: a new prefix or delay is a buffer write, never a recapture).
+        b.declare("actor.prefix", (1, H, D), torch.float32)            # normalised, row i = new row i
+        b.declare("actor.prefix_weights", (1, H, 1), torch.float32)    # guided: the schedule; trained: 0/1
+        self._action_stats = (self.actor.action_mean.float().cpu(), self.actor.action_std.float().cpu())
+        self._prefix_host = torch.zeros((1, H, D), dtype=torch.float32)
+        self._weights_host = torch.zeros((1, H, 1), dtype=torch.float32)
+        self._rtc_settings = rtc if rtc is not None else RtcSettings()
+        self.rtc_graph = StaticGraph(
+            f"actor.rtc_{rtc_mode}", self._actor_rtc_fn, b,
+            reads=["actor.images", "actor.state", "actor.noise", "actor.prefix", "actor.prefix_weights",
+                   "subtask.slots", "subtask.state"],
+            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
+            grad=rtc_mode == "guided").capture()
         self.planner_graphs = self._planner_graphs(planner_pieces)
 
         self.capsules = CapsuleStore(b)
@@ -105,6 +127,21 @@ class Engine:
                                    b["actor.noise"].to(dt))
         b["actor.actions"].copy_(actions)
         b["actor.subtask_version"].copy_(version)
+
+    def _actor_rtc_fn(self, b: BufferSet) -> None:
+        """The actor with a prefix: encode, then the RTC denoise loop (Actor.denoise_rtc). Guided
+        "vjp" needs autograd (a backward pass through the action expert at every step): the graph
+        runs under no_grad, not inference mode (StaticGraph grad=True; inference mode is also
+        switched off here, so the tensors made are never inference tensors); on a GPU the backward
+        kernels are captured into the graph with the rest. Trained mode needs no autograd."""
+        with torch.inference_mode(False):
+            tokens, version = self.channel.read_in_graph(b)
+            dt, actor = self.dtype, self.actor
+            prefix = actor.encode(b["actor.images"].to(dt), b["actor.state"].to(dt), tokens)
+            actions = actor.denoise_rtc(prefix, b["actor.noise"].to(dt), b["actor.prefix"].to(dt),
+                                        b["actor.prefix_weights"].to(dt), self.rtc_mode, self._rtc_settings)
+            b["actor.actions"].copy_(actions.detach())
+            b["actor.subtask_version"].copy_(version)
 
     def _planner_graphs(self, pieces: int) -> list[StaticGraph]:
         """The planner as `pieces` graphs over static activations, so the scheduler can slot the
@@ -238,21 +275,55 @@ class Engine:
 
     # --- actor -----------------------------------------------------------------------------------
     def act(self, images: Sequence[np.ndarray], encodings: Sequence[str], joint_positions: np.ndarray,
-            chunk_seq: int = 0, action_origin: np.ndarray | None = None) -> ChunkResult:
-        """One action chunk from one observation: one graph replay for encode + all denoise steps."""
+            chunk_seq: int = 0, action_origin: np.ndarray | None = None, prefix: np.ndarray | None = None,
+            delay: int = 0) -> ChunkResult:
+        """One action chunk from one observation: one graph replay for encode + all denoise steps.
+
+        Real-time chunking: `prefix` [P, action_dim] (P <= horizon), the previous chunk's actions
+        still to come in the units act's positions come out in, row i due with the new chunk's
+        row i (observation stamp + (i + 1) dt); `delay` d: the new chunk's first d actions will
+        be in the past when it is ready. Without a prefix: the plain graph, as if RTC were off.
+        With one: the RTC graph of `rtc_mode` (guided: the prefix guides every denoise step with
+        the schedule's weights; trained: its first min(d, P) actions are kept as a clean prefix)."""
         t0 = time.perf_counter()
         q = check_joints(joint_positions, self.config.state_dim)
         q0 = action_start(q, action_origin, self.config.action_dim)
+        graph = self.actor_graph if prefix is None else self._load_prefix(prefix, delay)
         stream = self.actor_stream
         self._load_images("actor.images", images, encodings, stream=stream)
         self.buffers.write("actor.state", q[None], stream=stream)
         self.chunk_io.write_noise(chunk_seq, stream)
-        self.actor_graph.replay()
+        graph.replay()
         positions, velocities, nonfinite, version = self.chunk_io.fetch(q0, stream)
         return ChunkResult(
             chunk_seq=int(chunk_seq), positions=positions, velocities=velocities, dt=self.config.chunk_dt,
             subtask_version=version, subtask_text=self._subtask_texts.get(version, ""), nonfinite=nonfinite,
             latency_s=time.perf_counter() - t0)
+
+    def _load_prefix(self, prefix: np.ndarray, delay: int) -> StaticGraph:
+        """Check the prefix and delay, write them (normalised) and their weights into the static
+        buffers; the RTC graph to replay."""
+        H, D = self.config.horizon, self.config.action_dim
+        p = np.asarray(prefix, dtype=np.float32)
+        if p.ndim != 2 or p.shape[1] != D or not 1 <= p.shape[0] <= H:
+            raise ValueError(f"RTC prefix must be [P, {D}] with 1 <= P <= {H}, got shape {p.shape}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError("RTC prefix is not finite")
+        d = int(delay)
+        if d < 0:
+            raise ValueError(f"RTC delay must be >= 0, got {delay}")
+        P = p.shape[0]
+        mean, std = self._action_stats
+        self._prefix_host.zero_()
+        self._prefix_host[0, :P] = (torch.from_numpy(p) - mean) / std     # Actor.normalise_actions
+        if self.rtc_mode == "trained":
+            w = (torch.arange(H) < min(d, P)).to(torch.float32)
+        else:
+            w = prefix_weights(self._rtc_settings.schedule, d, min(self._rtc_settings.execution_horizon, P), H)
+        self._weights_host[0, :, 0] = w
+        self.buffers.write("actor.prefix", self._prefix_host, stream=self.actor_stream)
+        self.buffers.write("actor.prefix_weights", self._weights_host, stream=self.actor_stream)
+        return self.rtc_graph
 
     def _load_images(self, name: str, images: Sequence[np.ndarray], encodings: Sequence[str], stream) -> None:
         if len(images) != self.config.n_cameras or len(encodings) != len(images):

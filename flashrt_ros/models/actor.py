@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import Block, TimeEmbedding, VisionEncoder
+from .rtc import guided_velocity
 
 
 class Actor(nn.Module):
@@ -79,9 +80,19 @@ class Actor(nn.Module):
         return context, self.state_to_expert(prefix[:, -1:])
 
     def velocity_from(self, condition, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted velocity [B, H, action_dim] at noisy actions x_t and flow time t [B]."""
+        """Predicted velocity [B, H, action_dim] at noisy actions x_t and flow time t: [B] (one time
+        per chunk) or [B, H] (one per action token: training-time RTC gives the clean prefix
+        tokens time 1). A [B, H] time that is uniform gives the [B] result bit for bit."""
+        if t.dim() == 1:
+            time = self.time_embedding(t)[:, None]
+        else:  # per token, one [B] embedding per column: the same matmul shapes as the [B] path
+            time = torch.stack([self.time_embedding(t[:, i]) for i in range(t.shape[1])], dim=1)
+        return self.velocity_embedded(condition, x_t, time)
+
+    def velocity_embedded(self, condition, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """velocity_from with the time already embedded: [B, 1, W] (per chunk) or [B, H, W]."""
         context, state_feature = condition
-        x = self.action_in(x_t) + self.action_position + state_feature + self.time_embedding(t)[:, None]
+        x = self.action_in(x_t) + self.action_position + state_feature + time
         for block, kv in zip(self.expert_blocks, context):
             x = block(x, kv)
         return self.action_out(self.expert_norm(x))
@@ -96,6 +107,42 @@ class Actor(nn.Module):
         step = 1.0 / self.config.num_steps
         for k in range(self.config.num_steps):  # static loop: unrolled into one graph
             x = x + step * self.velocity_from(condition, x, self.step_times[k].expand(x.shape[0]))
+        return x
+
+    def denoise_rtc(self, prefix: torch.Tensor, noise: torch.Tensor, actions_prefix: torch.Tensor,
+                    weights: torch.Tensor, mode: str, settings=None) -> torch.Tensor:
+        """The denoise loop with the previous chunk's rest as a prefix (real-time chunking).
+
+        actions_prefix [B, H, action_dim] normalised, row i aligned with the new chunk's row i;
+        weights [1, H, 1]. mode "guided": every step's velocity is guided toward the prefix by
+        `weights` (flashrt_ros.models.rtc.guided_velocity with `settings`: ΠGDM or identity
+        jacobian, tau = t, remaining = 1 - t). mode "trained" (hard prefix, for weights trained
+        with training-time RTC): the tokens with weight 1 are the clean prefix at flow time 1 at
+        every step (per-token time), the rest is denoised as usual; the result carries the prefix.
+        Static loop, static shapes: captured as one graph like `denoise`."""
+        condition = self.condition(prefix)
+        K = self.config.num_steps
+        step = 1.0 / K
+        x = noise.clone()
+        if mode == "trained":
+            keep = weights >= 0.5                              # [1, H, 1]: the clean prefix tokens
+            # per-token time with two values, t_k and 1: two [B] embeddings and a select per step
+            # (the per-chunk embedding's matmul shapes: bit-exact with `denoise` where no token is kept)
+            clean = self.time_embedding(torch.ones_like(self.step_times[:1]).expand(x.shape[0]))[:, None]
+            for k in range(K):
+                x = torch.where(keep, actions_prefix, x)
+                noisy = self.time_embedding(self.step_times[k].expand(x.shape[0]))[:, None]
+                x = x + step * self.velocity_embedded(condition, x, torch.where(keep, clean, noisy))
+            return torch.where(keep, actions_prefix, x)
+        if mode != "guided":
+            raise ValueError(f"RTC mode {mode!r}: expected 'guided' or 'trained'")
+        for k in range(K):
+            t_k = self.step_times[k].expand(x.shape[0])
+            tau = k / K
+            v = guided_velocity(lambda x_t: self.velocity_from(condition, x_t, t_k), x, remaining=1.0 - tau,
+                                tau=tau, prefix=actions_prefix, weights=weights,
+                                max_weight=settings.max_guidance_weight, jacobian=settings.jacobian)
+            x = x + step * v
         return x
 
     def forward(self, images, state, subtask_tokens, noise) -> torch.Tensor:

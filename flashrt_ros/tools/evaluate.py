@@ -1,7 +1,19 @@
-"""Closed-loop evaluation of a checkpoint on held-out tabletop episodes (eager models, CPU).
+"""Closed-loop evaluation of the reference policy on held-out tabletop episodes.
 
-    python -m flashrt_ros.tools.evaluate --episodes 50
-    python -m flashrt_ros.tools.evaluate --checkpoint path/to/dir --episodes 200 --coaching 20
+    flashrt-ros evaluate --episodes 50 --delay-ms 200 --overlap-policy rtc --rtc-mode guided --json out.json
+    flashrt-ros evaluate --eager --episodes 50          # the models alone (no host), as before
+
+By default the episodes run IN PROCESS through the host's real rules: a PolicyLoop (host/loop.py)
+on a simulated clock, the real Engine on the CPU, the world following the published trajectories
+with joint_trajectory_controller semantics (sim/follower.py), observations rendered from the world.
+`--delay-ms D` injects an inference delay: a chunk is ready D ms after its observation, and the
+world goes on following the previous trajectory meanwhile, so the first actions of each new chunk
+are in the past and the loop drops them, as on a robot. The overlap of consecutive chunks is the
+loop's (`--overlap-policy replace|blend|rtc`), never re-implemented here. Reported: success rate,
+mean episode time, and smoothness where a new chunk takes over (see `boundary_figures`).
+
+`--eager` instead runs the models without the host (`evaluate` below: a chunk replaces the last at
+its observation time), plus the planner accuracy and coaching checks.
 
 Seeds start at `HELD_OUT_SEED_START`, disjoint from the training seeds
 (`flashrt_ros.tools.train.TRAIN_SEED_LIMIT`). Each episode reseeds the flow-matching noise with its
@@ -11,15 +23,18 @@ world seed, so a run is reproducible episode by episode.
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..models import REFERENCE_WEIGHTS, EagerPolicy
 from ..sim import CoachEvent, EpisodeResult, ExpertPolicy, TabletopWorld, WorldConfig, expert_subtask, run_episode
+from ..sim.tabletop import FOLLOWER_CLOCK_OFFSET
 
 HELD_OUT_SEED_START = 1_000_000
 
@@ -98,18 +113,325 @@ def coaching_check(policy: EagerPolicy, seed: int, *, colour: str = "green", at_
     return CoachingResult(episode, colour, closest <= world.config.visit_radius, closest)
 
 
+# --- closed loop through the host (PolicyLoop) -------------------------------------------------------
+
+ORIGIN_NS = 1_000_000_000_000      # the simulated ROS clock at world time 0 (a real, non-zero stamp)
+
+
+@dataclass
+class Boundary:
+    """Where a new chunk's trajectory took over from the one being followed."""
+    time: float                # world seconds at the takeover (the chunk ready)
+    tick: int                  # the first control tick after it (world step index)
+    position_jump: float       # max over joints |new command - old command| at that tick
+    velocity_jump: float       # the same for the commanded velocity
+    jerk_rms: float = float("nan")   # RMS jerk of the executed commands over the ticks around it
+
+
+@dataclass
+class LoopEpisode:
+    seed: int
+    task: tuple[str, ...]
+    success: bool
+    time: float
+    visited: tuple[str, ...]
+    chunks: int
+    dropped_actions: int
+    rejected_trajectories: int
+    boundaries: list[Boundary] = field(default_factory=list)
+    jerk_rms: float = float("nan")   # RMS jerk of the executed commands over the whole episode
+    delay_steps: list[int] = field(default_factory=list)   # the loop's d estimate per chunk
+
+
+class _SimClock:
+    def __init__(self):
+        self.ns = ORIGIN_NS
+
+
+class LoopHarness:
+    """The reference world driven through a PolicyLoop (configure(dispatch=False), cycles run here)
+    on a simulated clock; `delay_ms`: each chunk ready that long after its observation. The world
+    steps at its dt (the control tick); the actor runs every 1/actor_hz, or as soon as the previous
+    chunk is ready when the delay is longer (inference-bound, as on a robot); the planner every
+    1/planner_hz, on the newest observation."""
+
+    def __init__(self, *, overlap_policy: str = "replace", rtc_mode: str = "guided", delay_ms: float = 0.0,
+                 checkpoint: str = "", actor_hz: float = 10.0, planner_hz: float = 2.0, extra_params=(),
+                 world_config: WorldConfig | None = None):
+        from flashrt_ros.host.loop import PolicyLoop          # noqa: PLC0415 (host only for this mode)
+        from flashrt_ros.host.params import load_config       # noqa: PLC0415
+        self.world = TabletopWorld(world_config or WorldConfig())
+        self.dt_ns = int(round(self.world.config.dt * 1e9))
+        delay_ns = int(round(delay_ms * 1e6))
+        if delay_ns < 0 or delay_ns % self.dt_ns:
+            raise ValueError(f"--delay-ms must be a multiple of the world step ({self.dt_ns / 1e6:g} ms), got {delay_ms}")
+        self.delay_ticks = delay_ns // self.dt_ns
+        self.actor_ticks = max(1, int(round(1.0 / (actor_hz * self.world.config.dt))))
+        self.planner_ticks = max(1, int(round(1.0 / (planner_hz * self.world.config.dt))))
+        params = [("device", "cpu"), ("task", ""), ("actor_hz", f"{actor_hz:g}"), ("planner_hz", f"{planner_hz:g}"),
+                  ("overlap_policy", overlap_policy), ("rtc_mode", rtc_mode), ("checkpoint", checkpoint),
+                  # inputs are as old as the delay when the next cycle runs: never stale here
+                  ("camera_timeout_s", "5.0"), ("joint_state_timeout_s", "5.0"), *extra_params]
+        self.config = load_config([], {}, params)
+        self.clock = _SimClock()
+        loop = self.loop = PolicyLoop(self.config)
+        loop.outputs = self
+        loop.now_ns = lambda: self.clock.ns
+        loop.monotonic = lambda: self.clock.ns / 1e9
+        loop.configure("evaluate", dispatch=False)
+        loop.set_active("actor", True)
+        loop.set_active("planner", True)
+        self.engine = loop.engine
+        self._real_act = self.engine.act
+        self.engine.act = self._delayed_act     # the harness's delay: the world moves while it "computes"
+        self._episode: LoopEpisode | None = None
+        self._commands: list[np.ndarray] = []    # the follower's setpoint at each tick (executed commands)
+        self.inference_s: list[float] = []
+
+    # --- time ----------------------------------------------------------------------------------
+    def _world_s(self, ns: int) -> float:
+        return (ns - ORIGIN_NS) / 1e9
+
+    def _tick(self) -> None:
+        """One world step: the follower's setpoint for the end of the step is the command."""
+        w = self.world
+        if w.done:
+            self.clock.ns += self.dt_ns
+            return
+        w.step()
+        self.clock.ns = ORIGIN_NS + w.steps * self.dt_ns
+        self._commands.append(w.chunk_target(w.time).astype(np.float64))
+
+    def _delayed_act(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        result = self._real_act(*args, **kwargs)
+        self.inference_s.append(time.perf_counter() - t0)
+        if self._episode is not None and kwargs.get("prefix") is not None:   # rtc: the loop's d for this chunk
+            self._episode.delay_steps.append(int(kwargs.get("delay", 0)))
+        for _ in range(self.delay_ticks):
+            self._tick()
+        return result
+
+    # --- the loop's outputs ----------------------------------------------------------------------
+    def publish_chunk(self, chunk, ready_ns: int) -> None:
+        ep = self._episode
+        if ep is None:
+            return
+        ep.chunks += 1
+        traj = chunk.trajectory
+        if traj is None:
+            return
+        w = self.world
+        now = w.time
+        next_t = now + w.config.dt
+        had = w.follower.trajectory is not None and ep.chunks > 1
+        old_p, old_v = w.follower.sample(next_t + FOLLOWER_CLOCK_OFFSET)
+        try:
+            w.apply_trajectory(self._world_s(traj.stamp_ns), traj.times, traj.positions, traj.velocities)
+        except ValueError:
+            ep.rejected_trajectories += 1
+            return
+        if had:
+            new_p, new_v = w.follower.sample(next_t + FOLLOWER_CLOCK_OFFSET)
+            ep.boundaries.append(Boundary(now, w.steps + 1, float(np.abs(new_p - old_p).max()),
+                                          float(np.abs(new_v - old_v).max())))
+
+    def publish_stop(self, stop) -> None:
+        if len(stop.times) == 0:
+            self.world.hold()
+            return
+        try:
+            self.world.apply_trajectory(self._world_s(stop.stamp_ns), stop.times, stop.positions, stop.velocities)
+        except ValueError:
+            self.world.hold()
+
+    def publish_subtask(self, state, stamp_ns: int) -> None:
+        pass
+
+    # --- inputs and cycles -----------------------------------------------------------------------
+    def _feed(self) -> None:
+        loop, w = self.loop, self.world
+        stamp = self.clock.ns
+        for cam in loop.config.cameras:
+            loop.put_frame(cam.name, w.render(), "rgb8", stamp, stamp / 1e9)
+        loop.put_joints(dict(zip(loop.config.joint_names, w.position.astype(np.float32).tolist())),
+                        stamp, stamp / 1e9)
+
+    def _plan(self) -> None:
+        for piece in self.loop.scheduler.tasks["planner"].pieces:
+            piece()
+
+    def run_episode(self, seed: int) -> LoopEpisode:
+        loop, w = self.loop, self.world
+        loop.stop("episode over")
+        w.reset(seed)
+        self.clock.ns = ORIGIN_NS
+        self._commands = [w.chunk_target(0.0).astype(np.float64)]
+        loop.reset()                              # the engine's initial capsule, applied before the next cycle
+        loop.set_task(w.task_text)
+        self.engine.chunk_io.seed = int(seed)     # the flow noise: (episode seed, chunk index)
+        loop.chunk_seq = 0
+        ep = self._episode = LoopEpisode(seed, w.task, False, 0.0, (), 0, 0, 0)
+        dropped0 = loop.dropped_actions
+        ok, why = loop.start()
+        if not ok:
+            raise RuntimeError(f"the loop did not start an episode: {why}")
+        limit = int(round(w.config.time_limit / w.config.dt))
+        next_plan = next_act = 0
+        while not w.done and w.steps < limit:
+            if w.steps >= next_plan:
+                self._feed()
+                self._plan()
+                next_plan = w.steps + self.planner_ticks
+            if w.steps >= next_act:
+                started = w.steps
+                self._feed()
+                loop._actor_cycle()               # the loop's own cycle: its rules, overlap and limits
+                next_act = started + self.actor_ticks
+                if w.steps > started:             # the delay passed inside the cycle
+                    continue
+            self._tick()
+        self._episode = None
+        ep.success, ep.time, ep.visited = w.success, w.time, tuple(w.visited)
+        ep.dropped_actions = loop.dropped_actions - dropped0
+        commands = np.asarray(self._commands)
+        dt = w.config.dt
+        jerk = np.diff(commands, n=3, axis=0) / dt ** 3 if len(commands) > 3 else np.zeros((0, 2))
+        ep.jerk_rms = float(np.sqrt(np.mean(jerk ** 2))) if len(jerk) else float("nan")
+        for b in ep.boundaries:
+            # third differences jerk[k] use commands[k .. k+3]: those whose stencil holds the takeover tick
+            window = jerk[max(0, b.tick - 3): b.tick + 1]
+            b.jerk_rms = float(np.sqrt(np.mean(window ** 2))) if len(window) else float("nan")
+        return ep
+
+    def close(self) -> None:
+        self.loop.stop("evaluation over")
+        self.loop.cleanup("evaluate")
+
+
+def _percentiles(values) -> dict:
+    v = np.asarray([x for x in values if x == x], np.float64)
+    if not len(v):
+        return {"p50": None, "p95": None, "max": None, "n": 0}
+    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max()),
+            "n": int(len(v))}
+
+
+def boundary_figures(episodes: list[LoopEpisode]) -> dict:
+    """Smoothness where a new chunk takes over, over every boundary of every episode (p50/p95/max):
+    position_jump (joint units): max over joints of |command just after the takeover - the command
+    the old chunk had for that tick|, i.e. the jump beyond the motion the old chunk itself had planned
+    over that interval (the command just before is the same for both: JTC starts the new trajectory
+    from the current setpoint); velocity_jump (units/s): the same for the commanded velocity;
+    jerk_rms (units/s^3): RMS third difference of the executed commands over the 4 ticks whose stencil
+    holds the takeover; episode_jerk_rms: the same over whole episodes (mean)."""
+    bs = [b for e in episodes for b in e.boundaries]
+    jerks = [e.jerk_rms for e in episodes if e.jerk_rms == e.jerk_rms]
+    return {"position_jump": _percentiles([b.position_jump for b in bs]),
+            "velocity_jump": _percentiles([b.velocity_jump for b in bs]),
+            "jerk_rms": _percentiles([b.jerk_rms for b in bs]),
+            "episode_jerk_rms_mean": float(np.mean(jerks)) if jerks else None,
+            "boundaries": len(bs)}
+
+
+def evaluate_loop(seeds, **harness_args) -> dict:
+    """Closed-loop episodes through the host; the summary as a JSON-able dict."""
+    harness = LoopHarness(**harness_args)
+    started = time.time()
+    try:
+        episodes = [harness.run_episode(s) for s in seeds]
+    finally:
+        harness.close()
+    times = [e.time for e in episodes if e.success]
+    delays = [d for e in episodes for d in e.delay_steps]
+    return {
+        "episodes": len(episodes),
+        "success_rate": float(np.mean([e.success for e in episodes])) if episodes else float("nan"),
+        "mean_episode_time_s": float(np.mean(times)) if times else None,
+        "mean_episode_time_all_s": float(np.mean([e.time for e in episodes])) if episodes else None,
+        "failed_seeds": [e.seed for e in episodes if not e.success],
+        "boundary": boundary_figures(episodes),
+        "chunks": int(sum(e.chunks for e in episodes)),
+        "dropped_actions_per_chunk": (float(sum(e.dropped_actions for e in episodes) / max(1, sum(e.chunks for e in episodes)))),
+        "rejected_trajectories": int(sum(e.rejected_trajectories for e in episodes)),
+        "delay_steps": _percentiles(delays),
+        "inference_ms": _percentiles(np.asarray(harness.inference_s) * 1e3),
+        "wall_s": round(time.time() - started, 1),
+    }
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os  # noqa: PLC0415
+    return (f"{platform.machine()} {cpu}, {os.cpu_count()} cores, CPU engine, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch thread(s)")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(REFERENCE_WEIGHTS))
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed-start", type=int, default=HELD_OUT_SEED_START)
-    parser.add_argument("--coaching", type=int, default=10, help="coaching episodes ('go to green')")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", default="", help="checkpoint directory ('' = the shipped reference weights)")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="each chunk is ready this long after its observation (a multiple of 50 ms)")
+    parser.add_argument("--overlap-policy", default="replace", choices=("replace", "blend", "rtc"))
+    parser.add_argument("--rtc-mode", default="guided", choices=("guided", "trained"))
+    parser.add_argument("--actor-hz", type=float, default=10.0)
+    parser.add_argument("--planner-hz", type=float, default=2.0)
+    parser.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                        help="another host parameter, e.g. --set rtc_execution_horizon=8 (repeatable)")
+    parser.add_argument("--json", default="", help="write the summary here")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eager", action="store_true",
+                        help="the models alone, without the host (+ planner accuracy, coaching); of the options "
+                             "above only --episodes, --seed-start, --checkpoint and --threads apply")
+    parser.add_argument("--coaching", type=int, default=10, help="--eager: coaching episodes ('go to green')")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when logged to a file
     torch.set_num_threads(args.threads)
+    if args.eager:
+        return eager_main(args)
+    extra = []
+    for item in args.set:
+        name, _, value = item.partition("=")
+        extra.append((name.strip(), value.strip()))
+    extra.append(("cpu_threads", str(args.threads)))
+    summary = evaluate_loop(held_out_seeds(args.episodes, args.seed_start), overlap_policy=args.overlap_policy,
+                            rtc_mode=args.rtc_mode, delay_ms=args.delay_ms, checkpoint=args.checkpoint,
+                            actor_hz=args.actor_hz, planner_hz=args.planner_hz, extra_params=extra)
+    summary["settings"] = {"overlap_policy": args.overlap_policy, "rtc_mode": args.rtc_mode,
+                           "delay_ms": args.delay_ms, "actor_hz": args.actor_hz, "planner_hz": args.planner_hz,
+                           "checkpoint": args.checkpoint or "reference (shipped)", "seed_start": args.seed_start,
+                           "params": dict(extra)}
+    summary["command"] = "flashrt-ros evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary["machine"] = _machine()
+    summary["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    b = summary["boundary"]
+    fmt = lambda p: "n/a" if p["p50"] is None else f"{p['p50']:.4f} / {p['p95']:.4f}"  # noqa: E731
+    print(f"{args.overlap_policy}{' ' + args.rtc_mode if args.overlap_policy == 'rtc' else ''}, delay "
+          f"{args.delay_ms:g} ms: {100 * summary['success_rate']:.1f}% of {summary['episodes']} episodes, "
+          f"mean episode time {summary['mean_episode_time_s'] or float('nan'):.2f} s (simulated); "
+          f"{b['boundaries']} boundaries: position jump p50/p95 {fmt(b['position_jump'])}, "
+          f"velocity jump {fmt(b['velocity_jump'])}, jerk RMS {fmt(b['jerk_rms'])}; "
+          f"d p50 {summary['delay_steps']['p50']}; {summary['wall_s']:.0f} s")
+    if summary["failed_seeds"]:
+        print(f"failed seeds: {summary['failed_seeds']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+    return 0
 
-    policy = EagerPolicy.from_checkpoint(args.checkpoint)
+
+def eager_main(args) -> int:
+    """--eager: the models without the host."""
+    checkpoint = args.checkpoint or str(REFERENCE_WEIGHTS)
+    policy = EagerPolicy.from_checkpoint(checkpoint)
     started = time.time()
     summary = evaluate(policy, held_out_seeds(args.episodes, args.seed_start))
     print(f"closed loop: {sum(e.success for e in summary.episodes)}/{len(summary.episodes)} episodes "
