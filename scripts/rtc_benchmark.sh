@@ -3,16 +3,17 @@
 # one JSON per cell in OUT (default docs/benchmarks/rtc), then the markdown table on stdout.
 #   scripts/rtc_benchmark.sh [OUT] [EPISODES]
 # Cells run one at a time with `nice` (a 2-core machine is shared). Extra host parameters for every
-# cell: RTC_BENCH_SET (e.g. "max_velocity=0.35,0.35"); the guided cells' RTC settings: RTC_GUIDED_SET.
+# cell: RTC_BENCH_SET (e.g. "max_velocity=0.35,0.35"); the guided cells' RTC settings: RTC_GUIDED_SET
+# (e.g. "rtc_schedule=LINEAR"). Both empty by default: the host's defaults.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${1:-docs/benchmarks/rtc}
 EPISODES=${2:-50}
 DELAYS=${RTC_BENCH_DELAYS:-"0 100 200 300"}
 COMMON=()
-for kv in ${RTC_BENCH_SET:-max_velocity=0.35,0.35}; do COMMON+=(--set "$kv"); done
+for kv in ${RTC_BENCH_SET:-}; do COMMON+=(--set "$kv"); done
 GUIDED=()
-for kv in ${RTC_GUIDED_SET:-rtc_jacobian=identity rtc_schedule=ONES}; do GUIDED+=(--set "$kv"); done
+for kv in ${RTC_GUIDED_SET:-}; do GUIDED+=(--set "$kv"); done
 mkdir -p "$OUT"
 for delay in $DELAYS; do
   for cell in replace blend rtc-guided rtc-trained; do

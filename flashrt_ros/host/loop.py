@@ -515,6 +515,11 @@ class PolicyLoop:
             with self._lock:
                 self._actor_fault(message)
 
+    def step(self) -> None:
+        """One actor cycle now, in the caller's thread: for a simulation that drives the loop on
+        its own clock without the dispatcher (configure(dispatch=False)); flashrt-ros evaluate."""
+        self._actor_cycle()
+
     def _actor_cycle(self) -> None:
         self._run_pending()
         with self._lock:
@@ -610,8 +615,11 @@ class PolicyLoop:
                                        self.joints.velocities_to_ros(result.velocities[: self.horizon]))
         # limits last, so that nothing (blend included) can take a point past them. The chunk (as
         # published in ActionChunk, a function of the observation alone) is limited from the
-        # measured state at its stamp; what is commanded is also limited from where the arm is
-        # when this trajectory replaces the last one.
+        # measured state at its stamp; what is commanded is limited from where the arm is when
+        # this trajectory replaces the last one: from the chunk as limited from the measured
+        # state, or, with rtc, from the chunk itself: it continues the command being executed, and
+        # limiting it from the measured state too would drag it back by the arm's tracking lag,
+        # a jump the model did not make.
         limited = rate_limit(q0, positions, self.dt, self._vmax, self._lower, self._upper)
         times = self.dt * np.arange(1, len(limited) + 1)
         ahead = obs.stamp_ns + np.round(times * 1e9).astype(np.int64) > ready_ns
@@ -619,7 +627,8 @@ class PolicyLoop:
         if ahead.any():
             k = int(np.argmax(ahead))
             first_dt = (obs.stamp_ns - ready_ns) / 1e9 + times[k]
-            commanded[k:] = rate_limit(self._arm_at(ready_ns, q0), limited[k:], self.dt, self._vmax,
+            source = positions if self.config.overlap_policy == "rtc" else limited
+            commanded[k:] = rate_limit(self._arm_at(ready_ns, q0), source[k:], self.dt, self._vmax,
                                        self._lower, self._upper, first_dt=first_dt)
         velocities = chunk_velocities(q0, commanded, self.dt, self._vmax).astype(np.float32)
         if not (np.all(np.isfinite(commanded)) and np.all(np.isfinite(velocities))):

@@ -150,8 +150,10 @@ PARAMS: tuple[Param, ...] = (
     Param("rtc_mode", str, "guided", "'guided': the prefix guides every denoise step (any checkpoint; a "
           "backward pass per step); 'trained': the first d actions are the prefix, for an actor trained so "
           "(no extra cost)", _one_of("guided", "trained")),
-    Param("rtc_schedule", str, "LINEAR", "weights of the prefix after the first d actions, up to "
-          "rtc_execution_horizon (LeRobot's names)", _one_of("LINEAR", "EXP", "ONES", "ZEROS")),
+    Param("rtc_schedule", str, "ONES", "weights of the prefix after the first d actions, up to "
+          "rtc_execution_horizon, LeRobot's names: ONES (1 up to the horizon: the smoothest boundaries, "
+          "docs/benchmarks/rtc.md), LINEAR (LeRobot's default: decaying), EXP, ZEROS (only the first d)",
+          _one_of("ONES", "LINEAR", "EXP", "ZEROS")),
     Param("rtc_execution_horizon", int, 10, "actions of the previous chunk the new one is guided to continue",
           _in(1, 100000)),
     Param("rtc_max_guidance_weight", float, 10.0, "cap of the guidance weight (guided mode)",
@@ -263,7 +265,7 @@ class HostConfig:
     overlap_policy: str = "replace"
     blend_steps: int = 4
     rtc_mode: str = "guided"
-    rtc_schedule: str = "LINEAR"
+    rtc_schedule: str = "ONES"
     rtc_execution_horizon: int = 10
     rtc_max_guidance_weight: float = 10.0
     rtc_jacobian: str = "identity"

@@ -286,7 +286,7 @@ class LoopHarness:
             if w.steps >= next_act:
                 started = w.steps
                 self._feed()
-                loop._actor_cycle()               # the loop's own cycle: its rules, overlap and limits
+                loop.step()                       # the loop's own cycle: its rules, overlap and limits
                 next_act = started + self.actor_ticks
                 if w.steps > started:             # the delay passed inside the cycle
                     continue
