@@ -90,3 +90,10 @@ def test_a_second_run_skips_bags_already_done_unless_forced(fleet, capsys):
     assert "(2 already done)" in capsys.readouterr().out
     assert replay.main(args + ["--force"]) == 0
     assert "(0 already done)" in capsys.readouterr().out
+
+
+def test_asking_for_gpus_a_cluster_lacks_is_a_clear_error(fleet, capsys):
+    root, bags, ckpt = fleet
+    bag = str(find_bags([bags])[0])
+    assert replay.main(replay_args(bag, root / "gpu", ckpt, "--workers", "1", "--gpus-per-bag", "1")) == 2
+    assert "--gpus-per-bag 1, but the Ray cluster has 0 GPU(s)" in capsys.readouterr().err

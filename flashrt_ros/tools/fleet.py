@@ -248,6 +248,9 @@ def run_fleet(args, bags: list[Path]) -> int:
                      log_to_driver=False, configure_logging=False)
         ray_start_s = time.monotonic() - t_ray
         try:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if args.gpus_per_bag and gpus < args.gpus_per_bag:     # its tasks would wait forever
+                raise ValueError(f"--gpus-per-bag {args.gpus_per_bag:g}, but the Ray cluster has {gpus:g} GPU(s)")
             _run_tasks(ray, todo, workers, args, len(runs), quiet=args.quiet)
         finally:
             ray.shutdown()
