@@ -14,7 +14,7 @@ from std_msgs.msg import String
 
 from flashrt_ros.msg import Subtask
 
-from .actor_node import guarded
+from .actor_node import MESSAGE_INFO, guarded
 from .conversions import InputError, subtask_msg, text_from_msg
 from .params import declare_host_parameters, host_parameter_overrides
 from flashrt_ros.host.loop import PolicyLoop
@@ -49,9 +49,10 @@ class PlannerNode(LifecycleNode):
         # The task twice: volatile (matches every publisher) and transient-local (a task latched
         # before this node started, e.g. by the world node). A sample delivered by both is
         # dropped as a duplicate in _on_task.
+        on_task = (lambda msg, info: self._on_task(msg, info)) if MESSAGE_INFO else self._on_task
         self._subs = [self.create_subscription(String, COACH_TOPIC, self._on_coach, 10),
-                      self.create_subscription(String, TASK_TOPIC, self._on_task, 10),
-                      self.create_subscription(String, TASK_TOPIC, self._on_task, LATCHED_TASK)]
+                      self.create_subscription(String, TASK_TOPIC, on_task, 10),
+                      self.create_subscription(String, TASK_TOPIC, on_task, LATCHED_TASK)]
         self.loop.record_topics.update({
             "coach": (self._subs[0].topic_name, String), "task": (self._subs[1].topic_name, String),
             "subtask": (self._subtask_pub.topic_name, Subtask)})
@@ -86,25 +87,35 @@ class PlannerNode(LifecycleNode):
 
     # --- callbacks (short: validate, hand to the loop) ---------------------------------------------
     @guarded("task callback")
-    def _on_task(self, msg: String) -> None:
+    def _on_task(self, msg: String, info=None) -> None:
         try:
-            self._task(msg)
+            self._task(msg, info)
         finally:
             self.loop.input_handled()
 
-    def _task(self, msg: String) -> None:
+    def _task(self, msg: String, info) -> None:
         try:
             text = text_from_msg(msg, "task")
         except InputError as err:
             self.loop.reject_text(f"task refused: {err}")
             return
+        if self._duplicate(text, info):
+            return   # the same sample through the other task subscription
+        self.loop.set_task(text)
+
+    def _duplicate(self, text: str, info) -> bool:
+        """The same sample, delivered to both task subscriptions. With message info (Iron and
+        later): the same publisher's sequence number and source stamp. Without (Humble): the same
+        text within DUPLICATE_S in the same episode (a task sent again after a reset and start is
+        not a duplicate however soon it comes)."""
+        if info:
+            key = (text, info.get("source_timestamp"), info.get("publication_sequence_number"))
+        else:
+            key = (text, self.loop.episode_id, self.loop.running)
         now = time.monotonic()
         last = self._last_task
-        if last is not None and last[0] == text and now - last[1] < DUPLICATE_S:
-            return   # the same sample through the other task subscription (set_task is queued: the
-                     # loop's task_text may not show it yet, so it cannot be the test)
-        self._last_task = (text, now)
-        self.loop.set_task(text)
+        self._last_task = (key, now)
+        return last is not None and last[0] == key and (info or now - last[1] < DUPLICATE_S)
 
     @guarded("coaching callback")
     def _on_coach(self, msg: String) -> None:
