@@ -135,20 +135,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kind,schedule,delay,P,horizon", CASES,
-                         ids=[f"{k}-{s}-d{d}-P{p}-h{h}" for k, s, d, p, h in CASES])
-def test_identity_guidance_matches_lerobot_rtc(case, kind, schedule, delay, P, horizon):
-    if case[0] != kind:
-        pytest.skip("another model")
-    prev = leftover(case[2], P)
-    ref = lerobot_rtc(case, schedule, delay, prev, horizon)
-    ours = ours_rtc(case, schedule, delay, prev, horizon, "identity")
-    diff = float((ours - ref).abs().max())
-    moved = float((ref - plain(case)).abs().max())
-    print(f"\nRTC identity {kind} {schedule} d={delay} P={P} h={horizon}: max |ours - LeRobot| {diff:.2e} "
-          f"(guided vs plain {moved:.3f})")
-    assert moved > 1e-2, "the guidance changed nothing: the comparison would be vacuous"
-    assert diff <= ATOL
+def test_identity_guidance_matches_lerobot_rtc(case):
+    """Every case of this model (CASES), one after the other."""
+    kind = case[0]
+    cases = [c[1:] for c in CASES if c[0] == kind]
+    assert cases
+    for schedule, delay, P, horizon in cases:
+        prev = leftover(case[2], P)
+        ref = lerobot_rtc(case, schedule, delay, prev, horizon)
+        ours = ours_rtc(case, schedule, delay, prev, horizon, "identity")
+        diff = float((ours - ref).abs().max())
+        moved = float((ref - plain(case)).abs().max())
+        print(f"\nRTC identity {kind} {schedule} d={delay} P={P} h={horizon}: max |ours - LeRobot| {diff:.2e} "
+              f"(guided vs plain {moved:.3f})")
+        assert moved > 1e-2, f"{schedule} d={delay}: the guidance changed nothing: the comparison would be vacuous"
+        assert diff <= ATOL, f"{schedule} d={delay} P={P} h={horizon}: {diff:.2e}"
 
 
 def test_the_comparison_can_fail(case):
