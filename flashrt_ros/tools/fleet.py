@@ -336,8 +336,8 @@ def write_fleet_report(out_root: Path, runs: list[BagRun], args, *, workers: int
                                       for r in failed] + [""]
     lines += ["## Bags (largest divergence first)", "",
               "| bag | exit | chunks | subtask changes | latency p50 / p99 ms | deadline misses | skipped / dropped "
-              "/ unknown | missing | max divergence | first divergence | wall s |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+              "/ unknown | missing | boundary jump p95 | max divergence | first divergence | wall s |",
+              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|"]
     for r in order:
         if r.failed:
             continue
@@ -348,6 +348,7 @@ def write_fleet_report(out_root: Path, runs: list[BagRun], args, *, workers: int
             f"{s.get('chunks', 0)} | {s.get('subtask_changes', 0)} | {_f(s.get('latency_p50_ms'))} / "
             f"{_f(s.get('latency_p99_ms'))} | {s.get('deadline_misses', 0)} | {s.get('skipped', 0)} / "
             f"{s.get('dropped_frames', 0)} / {s.get('unknown_topics', 0)} | {missing} | "
+            f"{_f(((s.get('boundaries') or {}).get('position_jump') or {}).get('p95'), '{:.3g}')} | "
             f"{_f(c.get('max_diff'), '{:.3g}') if c else 'no reference'} | {c.get('first_divergence', '') if c else ''} | "
             f"{_f(s.get('wall_s'))} |")
     lines.append("")
