@@ -122,3 +122,11 @@ def test_per_token_time_is_the_per_chunk_time_bit_for_bit_when_uniform(actor, ba
         one[0, :2] = 1.0
         assert not torch.equal(actor.denoise(prefix, x)[:, 2:],
                                actor.denoise_rtc(prefix, x, torch.zeros_like(x), one, "trained")[:, 2:])
+
+
+def test_an_engine_built_without_rtc_has_no_rtc_graph_and_refuses_a_prefix(scene):
+    engine = make()
+    assert engine.rtc_graph is None
+    inputs = ready(engine, scene)
+    with pytest.raises(ValueError, match="built without rtc"):
+        engine.act(*inputs, chunk_seq=1, prefix=another_way(inputs[2], 4), delay=2)

@@ -98,20 +98,23 @@ class Engine:
             "actor", self._actor_fn, b,
             reads=["actor.images", "actor.state", "actor.noise", "subtask.slots", "subtask.state"],
             writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
-        # Real-time chunking: a second graph over the same buffers plus the prefix and its weights
+        # Real-time chunking (only when asked for: the second graph costs its capture and, on a GPU,
+        # its memory): a second graph over the same buffers plus the prefix and its weights
         # (static: a new prefix or delay is a buffer write, never a recapture).
-        b.declare("actor.prefix", (1, H, D), torch.float32)            # normalised, row i = new row i
-        b.declare("actor.prefix_weights", (1, H, 1), torch.float32)    # guided: the schedule; trained: 0/1
-        self._action_stats = (self.actor.action_mean.float().cpu(), self.actor.action_std.float().cpu())
-        self._prefix_host = torch.zeros((1, H, D), dtype=torch.float32)
-        self._weights_host = torch.zeros((1, H, 1), dtype=torch.float32)
-        self._rtc_settings = rtc if rtc is not None else RtcSettings()
-        self.rtc_graph = StaticGraph(
-            f"actor.rtc_{rtc_mode}", self._actor_rtc_fn, b,
-            reads=["actor.images", "actor.state", "actor.noise", "actor.prefix", "actor.prefix_weights",
-                   "subtask.slots", "subtask.state"],
-            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
-            grad=rtc_mode == "guided").capture()
+        self.rtc_graph = None
+        self._rtc_settings = rtc
+        if rtc is not None:
+            b.declare("actor.prefix", (1, H, D), torch.float32)            # normalised, row i = new row i
+            b.declare("actor.prefix_weights", (1, H, 1), torch.float32)    # guided: the schedule; trained: 0/1
+            self._action_stats = (self.actor.action_mean.float().cpu(), self.actor.action_std.float().cpu())
+            self._prefix_host = torch.zeros((1, H, D), dtype=torch.float32)
+            self._weights_host = torch.zeros((1, H, 1), dtype=torch.float32)
+            self.rtc_graph = StaticGraph(
+                f"actor.rtc_{rtc_mode}", self._actor_rtc_fn, b,
+                reads=["actor.images", "actor.state", "actor.noise", "actor.prefix", "actor.prefix_weights",
+                       "subtask.slots", "subtask.state"],
+                writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
+                grad=rtc_mode == "guided").capture()
         self.planner_graphs = self._planner_graphs(planner_pieces)
 
         self.capsules = CapsuleStore(b)
@@ -303,6 +306,9 @@ class Engine:
     def _load_prefix(self, prefix: np.ndarray, delay: int) -> StaticGraph:
         """Check the prefix and delay, write them (normalised) and their weights into the static
         buffers; the RTC graph to replay."""
+        if self.rtc_graph is None:
+            raise ValueError("an RTC prefix was given, but this engine was built without rtc "
+                             "(Engine(rtc=RtcSettings(...)); the host: overlap_policy 'rtc')")
         H, D = self.config.horizon, self.config.action_dim
         p = np.asarray(prefix, dtype=np.float32)
         if p.ndim != 2 or p.shape[1] != D or not 1 <= p.shape[0] <= H:
