@@ -76,7 +76,48 @@ class Received:
     diagnostics: list = field(default_factory=list)
 
 
-class Robot:
+class SpinningNode:
+    """A test node on a context of its own, spun in a thread (SingleThreadedExecutor), with a
+    periodic `tick` once `start(rate)` is called; `close()` stops and joins everything."""
+
+    def __init__(self, name: str):
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self._lock = threading.Lock()
+
+    def start(self, rate: float) -> None:
+        self._timer = self.node.create_timer(1.0 / rate, self.tick)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def tick(self) -> None:
+        pass
+
+    def _spin(self):
+        while not self._stop.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def _keep(self, store: list):
+        """A callback appending (time.monotonic(), msg) to `store`."""
+        def callback(msg):
+            with self._lock:
+                store.append((time.monotonic(), msg))
+        return callback
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10.0)
+        assert not self._thread.is_alive(), f"{self.node.get_name()} spin thread did not stop"
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+class Robot(SpinningNode):
     """Publishes a reference world's camera and joint states at `rate` Hz (stamped `stamp_offset_s`
     from now) on its own context, and records the host's outputs with their arrival times.
 
@@ -89,9 +130,7 @@ class Robot:
 
     def __init__(self, seed: int = 3, rate: float = 20.0, camera_topic: str = "/camera/top/image_raw",
                  jpeg: bool = False, max_velocity: float | None = None):
-        self.context = rclpy.Context()
-        rclpy.init(args=[], context=self.context)
-        self.node = rclpy.create_node("test_robot", context=self.context)
+        super().__init__("test_robot")
         self.world = TabletopWorld()
         self.world.reset(seed)
         self.publish_camera = True
@@ -99,7 +138,6 @@ class Robot:
         self.stamp_offset_s = 0.0
         self.image_stamps: list[int] = []
         self.rx = Received()
-        self._lock = threading.Lock()
         # Follower time: seconds on the node's clock since just before it started (float64 keeps
         # sub-microsecond resolution there); a zero stamp stays 0 ("start now").
         self._origin_ns = self.now_ns() - 1_000_000_000
@@ -122,22 +160,7 @@ class Robot:
             n.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.rx.diagnostics), 50),
         ]
         self.clients = {name: n.create_client(Trigger, f"/flashrt/{name}") for name in ("start", "stop", "reset", "ready")}
-        self._timer = n.create_timer(1.0 / rate, self.tick)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(n)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        while not self._stop.is_set() and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def _keep(self, store: list):
-        def callback(msg):
-            with self._lock:
-                store.append((time.monotonic(), msg))
-        return callback
+        self.start(rate)
 
     def now_ns(self) -> int:
         return self.node.get_clock().now().nanoseconds
@@ -229,14 +252,6 @@ class Robot:
     def diagnostic(self, name: str, t0: float = 0.0):
         """The newest /diagnostics status `flashrt: <name>` received after t0, as (level, message, values)."""
         return newest_status(self.since("diagnostics", t0), name)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10.0)
-        assert not self._thread.is_alive(), "robot spin thread did not stop"
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
 
 
 def newest_status(arrays: list, name: str):

@@ -10,15 +10,12 @@ forward controller moves toward its last command at most its max velocity per se
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -27,6 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 from flashrt_ros.msg import ActionChunk
 from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, stamp_to_ns
 from flashrt_ros.sim.follower import TrajectoryFollower
+from host_harness import SpinningNode, newest_status
 
 ARM = [f"arm_joint_{i}" for i in range(1, 7)]
 GRIPPER = "gripper_finger"
@@ -47,13 +45,11 @@ def pattern(height: int, width: int, phase: int) -> np.ndarray:
     return np.stack([(x + phase) % 256, (y * 2) % 256, ((x + y) // 3 + phase) % 256], axis=-1).astype(np.uint8)
 
 
-class RealArm:
+class RealArm(SpinningNode):
     def __init__(self, *, gripper: str = "joint_trajectory", rate: float = 20.0,
                  cameras=("/camera/base/image_raw", "/camera/wrist/image_raw")):
-        self.context = rclpy.Context()
-        rclpy.init(args=[], context=self.context)
-        self.node = n = rclpy.create_node("real_arm", context=self.context)
-        self._lock = threading.Lock()
+        super().__init__("real_arm")
+        n = self.node
         self._origin = time.monotonic()
         self.arm = TrajectoryFollower(len(ARM), ARM_START, ARM_VMAX, time=0.0)
         self.gripper_kind = gripper
@@ -70,8 +66,9 @@ class RealArm:
         self.task_pub = n.create_publisher(String, "/flashrt/task", 10)
         self._subs = [
             n.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_arm, 50),
-            n.create_subscription(ActionChunk, "/flashrt/action_chunk", self._keep("chunks"), 50),
-            n.create_subscription(DiagnosticArray, "/diagnostics", self._keep("diagnostics"), 50),
+            n.create_subscription(ActionChunk, "/flashrt/action_chunk", self._keep(self.received["chunks"]),
+                                  50),
+            n.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.received["diagnostics"]), 50),
         ]
         if gripper == "joint_trajectory":
             self._subs.append(n.create_subscription(JointTrajectory, "/gripper_controller/joint_trajectory",
@@ -83,25 +80,10 @@ class RealArm:
         self.lifecycle = {node: (n.create_client(ChangeState, f"/{node}/change_state"),
                                  n.create_client(GetState, f"/{node}/get_state"))
                           for node in ("flashrt_planner", "flashrt_actor")}
-        self._timer = n.create_timer(1.0 / rate, self.tick)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(n)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
+        self.start(rate)
 
     def now(self) -> float:
         return time.monotonic() - self._origin
-
-    def _spin(self):
-        while not self._stop.is_set() and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def _keep(self, key):
-        def callback(msg):
-            with self._lock:
-                self.received[key].append((time.monotonic(), msg))
-        return callback
 
     # --- the controllers ---------------------------------------------------------------------------
     def _follow(self, key: str, follower: TrajectoryFollower, joints: list[str], msg: JointTrajectory) -> None:
@@ -197,12 +179,4 @@ class RealArm:
             return np.array([p for t, p in self.motion if t >= t0])
 
     def diagnostic(self, name: str, t0: float):
-        from host_harness import newest_status
         return newest_status(self.since("diagnostics", t0), name)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10.0)
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
