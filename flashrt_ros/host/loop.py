@@ -584,7 +584,7 @@ class PolicyLoop:
                 self.rejected_chunks += 1
                 self._actor_fault("the model produced NaN/inf: chunk rejected")
                 return
-            self._issue(result, obs)
+            self._issue(result, obs, delay_steps)
 
     def _plan_in_cycle(self, obs) -> None:
         """Observation trigger: the planner runs here, on the observation's images, before the
@@ -605,7 +605,7 @@ class PolicyLoop:
         self._since_plan += 1
 
     # --- issuing (caller holds _lock) --------------------------------------------------------------
-    def _issue(self, result, obs) -> None:
+    def _issue(self, result, obs, delay_steps: int) -> None:
         ready_ns = self.now_ns()
         q0 = self.joints.commanded(obs.joint_positions)       # ROS units from here on
         positions = self.joints.actions_to_ros(result.positions[: self.horizon])
@@ -641,7 +641,7 @@ class PolicyLoop:
             trajectory = TrajectoryOut(obs.stamp_ns, times[ahead], commanded[ahead], velocities[ahead])
         chunk = ChunkOut(obs.stamp_ns, self.dt, limited, chunk_velocities(q0, limited, self.dt, self._vmax),
                          self.chunk_seq, self.episode_id, result.subtask_text, result.subtask_version,
-                         result.latency_s, ready_ns, trajectory, self.delay.steps(self.dt, self.horizon))
+                         result.latency_s, ready_ns, trajectory, delay_steps)
         if self.holding is not None:
             self.log.info(f"inputs fresh again: resuming chunks (was holding: {self.holding})")
             self.holding, self.holding_stale = None, False
