@@ -320,3 +320,21 @@ def test_a_moment_of_unsynced_cameras_skips_a_cycle_without_a_stop_but_a_lasting
         unsynced()
         events = rig.cycle()
     assert [k for k, _ in events] == ["stop"] and "out of sync" in rig.loop.holding
+
+
+def test_forward_commands_stay_within_the_joint_limits_where_the_spline_overshoots():
+    """A forward_command group gets the running trajectory sampled by the host: between two points
+    within the limits, the cubic can pass beyond them (here below 0); nothing beyond leaves."""
+    from flashrt_ros.host.limits import sample_trajectory
+    from flashrt_ros.host.loop import TrajectoryOut
+    rig = Rig()
+    loop = rig.loop
+    times = np.array([0.1, 0.2, 0.3])       # at the lower limit, still moving toward it, then back
+    positions = np.array([[0.02, 0.5], [0.0, 0.5], [0.02, 0.5]], np.float32)
+    velocities = np.array([[-0.2, 0.0], [-0.3, 0.0], [0.2, 0.0]], np.float32)
+    loop._sent, loop._sent_from = TrajectoryOut(rig.clock.ns, times, positions, velocities), positions[0]
+    ts = np.linspace(0.1, 0.3, 81)
+    raw = np.array([sample_trajectory(t, times, positions, velocities, (positions[0], np.zeros(2)))[0] for t in ts])
+    assert raw[:, 0].min() < -1e-4                       # the spline itself does overshoot
+    sent = np.array([loop.command_at(rig.clock.ns + int(t * 1e9), 0.05) for t in ts])
+    assert sent[:, 0].min() >= 0.0 and sent.max() <= 1.0

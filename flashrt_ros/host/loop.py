@@ -689,8 +689,10 @@ class PolicyLoop:
         t = (t_ns - sent.stamp_ns) / 1e9
         if t > sent.times[-1] + period_s:
             return None
-        return sample_trajectory(t, sent.times, sent.positions, sent.velocities,
-                                 (start, np.zeros_like(start)))[0].astype(np.float32)
+        # the cubic between two points within the limits can pass beyond them (a point at a limit
+        # with a velocity toward it): what leaves the node is clamped
+        position = sample_trajectory(t, sent.times, sent.positions, sent.velocities, (start, np.zeros_like(start)))[0]
+        return np.clip(position, self._lower, self._upper).astype(np.float32)
 
     def _arm_at(self, t_ns: int, measured: np.ndarray) -> np.ndarray:
         """Where the arm is at t_ns: on our last trajectory if one is executing, else measured."""
