@@ -142,12 +142,20 @@ class RealArm(SpinningNode):
             self.gripper_pub.publish(joint_state_to_msg([GRIPPER], [grip], stamp))
 
     # --- interaction ---------------------------------------------------------------------------------
-    def _call(self, client, request, timeout: float = 20.0):
+    def _call(self, client, request, timeout: float = 20.0, retry: bool = False):
+        """`retry` (idempotent requests only): a request sent right after discovery can lose its
+        response (the server's response writer not yet matched to our reader, which
+        wait_for_service does not cover: a DDS discovery race, seen under load); ask again."""
         assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
-        future = client.call_async(request)
         deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while True:
+            future = client.call_async(request)
+            attempt_end = min(deadline, time.monotonic() + (2.0 if retry else timeout))
+            while not future.done() and time.monotonic() < attempt_end:
+                time.sleep(0.01)
+            if future.done() or time.monotonic() >= deadline:
+                break
+            client.remove_pending_request(future)
         assert future.done(), f"{client.srv_name} did not answer within {timeout} s"
         return future.result()
 
@@ -160,7 +168,7 @@ class RealArm(SpinningNode):
         return self._call(self.lifecycle[node][0], request).success
 
     def state(self, node: str) -> str:
-        return self._call(self.lifecycle[node][1], GetState.Request()).current_state.label
+        return self._call(self.lifecycle[node][1], GetState.Request(), retry=True).current_state.label
 
     def since(self, key: str, t0: float) -> list:
         with self._lock:
