@@ -11,8 +11,12 @@ A LeRobot policy has no planner network: the task text is the subtask, and coach
 - π0.5 writes the normalised state into its prompt, so the prompt changes every chunk: it is
   tokenised on the host per chunk (the `tokenizers` library, ~0.1 ms) from the current subtask and
   written into a static token buffer; the subtask version is tracked on the host.
-Each chunk is ONE graph replay: vision + prefix encode + all denoise steps (see models/lerobot/pi0.py).
-Images are resized with padding eagerly before the replay (camera sizes may change between calls).
+Each chunk is ONE graph replay: the camera frames' resize-with-pad and normalisation, vision + prefix
+encode + all denoise steps (see models/lerobot/pi0.py). The uint8 frames (any size, any supported
+encoding) are copied into pinned staging and on into a static device buffer ("actor.frames"); their
+geometry goes into two small buffers the frame kernel reads inside the graph (runtime/triton_kernels.py),
+so camera sizes may change between calls without a recapture, and act() allocates no device memory.
+On the CPU the same function runs LeRobot's torch ops over the same buffers.
 
 Real-time chunking (`rtc=RtcSettings(...)`, guided mode, models/rtc.py): a SECOND graph is captured,
 the same network with every denoise step's velocity guided toward a prefix read from two static
@@ -39,11 +43,15 @@ from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.models.lerobot.loader import PolicyDirError
 from flashrt_ros.models.rtc import Guidance, RtcSettings, prefix_weights
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
-from flashrt_ros.runtime.kernels import ENCODINGS, Postprocessor, image_layout
+from flashrt_ros.runtime.kernels import Postprocessor, image_layout
+from flashrt_ros.runtime import triton_kernels as tk
 
 DEFAULT_CHUNK_DT = 0.02
+MAX_FRAME_BYTES = 1920 * 1200 * 4   # per camera: the static frame buffer (a larger frame is refused, named)
+FRAME_KERNEL_MAX_ABS = 1e-5          # the frame kernel's start-up gate vs LeRobot's torch ops (float32)
 COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (docs/design/lerobot.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`
 RTC_MODES = ("guided", "trained")
+FRAME_BUFFERS = ("actor.frames", "actor.frame_geometry", "actor.frame_scales")
 RTC_TRAINED_UNSUPPORTED = (
     "rtc_mode 'trained' (hard prefix with per-token flow time) is not available for LeRobot checkpoints: "
     "LeRobot 0.6.1 trains π0, π0.5 and SmolVLA with one flow time per chunk (no training-time RTC setting, "
@@ -71,7 +79,8 @@ class LerobotEngine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "lerobot", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
                  planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False,
-                 tokenizer: str | Path | None = None, rtc: RtcSettings | None = None, rtc_mode: str = "guided"):
+                 tokenizer: str | Path | None = None, rtc: RtcSettings | None = None, rtc_mode: str = "guided",
+                 max_frame_bytes: int = MAX_FRAME_BYTES):
         if rtc_mode not in RTC_MODES:
             raise ValueError(f"rtc_mode {rtc_mode!r}: expected one of {', '.join(RTC_MODES)}")
         if rtc_mode == "trained":
@@ -113,6 +122,7 @@ class LerobotEngine:
         self.channel = SubtaskChannel(b, 2 * L, actor_stream=self.actor_stream)
         R, n = p.model.image_size, len(p.camera_keys)
         b.declare("actor.images", (1, n, 3, R, R), torch.float32)
+        self._init_frames(n, int(max_frame_bytes))
         b.declare("actor.state", (1, int(p.config["max_state_dim"])), torch.float32)
         b.declare("actor.prompt", (1, 2 * L), torch.int64)       # π0.5: this chunk's prompt
         b.declare("actor.noise", (1, H, int(p.config["max_action_dim"])), torch.float32)
@@ -127,8 +137,8 @@ class LerobotEngine:
         self.chunk_io = ChunkIO(b, self.postprocess, self.seed)
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
-            reads=["actor.images", "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state"],
-            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
+            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state"],
+            writes=["actor.images", "actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
         self.rtc_graph: StaticGraph | None = None
         if rtc is not None:
             b.declare("actor.rtc_prefix", (1, H, int(p.config["max_action_dim"])), torch.float32)
@@ -164,9 +174,94 @@ class LerobotEngine:
             self.notes.append(f"compile: layers compiled in {time.perf_counter() - t0:.1f} s, cosine {cos:.7f} "
                               f"vs the plain path")
 
+    # --- camera frames ---------------------------------------------------------------------------------
+    def _init_frames(self, n: int, capacity: int) -> None:
+        """The static frame buffers, the pinned staging they are filled from, and (on a GPU) the frame
+        kernel's start-up gate against LeRobot's torch ops."""
+        b, net = self.buffers, self.policy.model
+        b.declare("actor.frames", (n, capacity), torch.uint8)
+        b.declare("actor.frame_geometry", (n, tk.GEOMETRY_FIELDS), torch.int32)
+        b.declare("actor.frame_scales", (n, 2), torch.float32)
+        self._frame_capacity = capacity
+        self._pad = (bool(net.pad_centred), bool(net.pad_clamp))
+        self._geometry_host = np.zeros((n, tk.GEOMETRY_FIELDS), np.int32)
+        self._scales_host = np.zeros((n, 2), np.float32)
+        self._frames_staging = self._frames_np = self._frames_copied = None
+        if self.device.type != "cuda":
+            return
+        self._frames_staging = torch.empty(n, capacity, dtype=torch.uint8, pin_memory=True)
+        self._frames_np = self._frames_staging.numpy()
+        if tk.triton_error(self.device) is not None:
+            raise RuntimeError(f"LeRobot engine on {self.device}: the in-graph frame kernel needs Triton "
+                               f"({tk.triton_error(self.device)}); install the Triton that matches torch")
+        # gate: a 640x480 rgb8 and a 300x200 bgr8 probe frame through the kernel vs the torch reference
+        rng = np.random.default_rng(0)
+        probes = [(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "rgb8"),
+                  (rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), "bgr8")]
+        frames = torch.zeros(2, 640 * 480 * 3, dtype=torch.uint8, device=self.device)
+        geo = []
+        for i, (img, enc) in enumerate(probes):
+            frames[i, : img.size].copy_(torch.from_numpy(img.reshape(-1)))
+            geo.append(tk.frame_geometry(img.shape[0], img.shape[1], enc, net.image_size, *self._pad))
+        R = net.image_size
+        fast = torch.empty(2, 3, R, R, device=self.device)
+        ref = torch.empty(2, 3, R, R, device=self.device)
+        tk.frames_to_images(frames, torch.tensor([g[:8] for g in geo], dtype=torch.int32, device=self.device),
+                            torch.tensor([g[8:] for g in geo], dtype=torch.float32, device=self.device), fast)
+        tk.frames_to_images_reference(frames, geo, R, ref)
+        err = float((fast - ref).abs().max())
+        if not err <= FRAME_KERNEL_MAX_ABS:
+            raise RuntimeError(f"the frame kernel differs from LeRobot's resize-with-pad by {err:.3g} "
+                               f"(gate {FRAME_KERNEL_MAX_ABS}): refusing to start")
+        self.notes.append(f"frames: resize-with-pad in the graph (Triton), max |diff| {err:.2g} vs the torch ops")
+
+    def _write_frames(self, images, encodings, stream) -> None:
+        """Validate every frame, then copy them into the static frame buffer (GPU: through pinned
+        staging, asynchronously on `stream`) and their geometry into the geometry buffers."""
+        R, cap = self.policy.model.image_size, self._frame_capacity
+        layouts = [image_layout(img, enc) for img, enc in zip(images, encodings)]
+        for i, ((h, w, c, _), enc) in enumerate(zip(layouts, encodings)):
+            if h * w * c > cap:
+                raise ValueError(f"camera {i}: a {w}x{h} {enc} frame is {h * w * c} bytes, more than the engine's "
+                                 f"frame buffer ({cap} bytes per camera, max_frame_bytes)")
+            g = tk.frame_geometry(h, w, enc, R, *self._pad)
+            self._geometry_host[i] = g[:8]
+            self._scales_host[i] = g[8:]
+        frames = self.buffers["actor.frames"]
+        on_gpu = self._frames_np is not None
+        if on_gpu and self._frames_copied is not None:
+            self._frames_copied.synchronize()   # the last copies out of the staging buffer have finished
+        for i, (img, (h, w, c, _)) in enumerate(zip(images, layouts)):
+            if isinstance(img, torch.Tensor) and img.device.type != "cpu":
+                with _on(stream):
+                    frames[i, : h * w * c].view(h, w, c).copy_(img.reshape(h, w, c))
+                continue
+            src = img.numpy() if isinstance(img, torch.Tensor) else img
+            dst = self._frames_np[i] if on_gpu else frames[i].numpy()
+            np.copyto(dst[: h * w * c].reshape(h, w, c), src.reshape(h, w, c))
+            if on_gpu:
+                with _on(stream):
+                    frames[i, : h * w * c].copy_(self._frames_staging[i, : h * w * c], non_blocking=True)
+        if on_gpu:
+            if self._frames_copied is None:
+                self._frames_copied = torch.cuda.Event()
+            self._frames_copied.record(stream)
+        self.buffers.write("actor.frame_geometry", self._geometry_host, stream=stream)
+        self.buffers.write("actor.frame_scales", self._scales_host, stream=stream)
+
+    def _frames_to_images(self, b: BufferSet) -> None:
+        images = b["actor.images"][0]
+        if self.device.type == "cuda":
+            tk.frames_to_images(b["actor.frames"], b["actor.frame_geometry"], b["actor.frame_scales"], images)
+        else:   # eager on the CPU: LeRobot's own ops, the geometry read back from its buffer
+            geo = [tk.FrameGeometry(*g, *s) for g, s in zip(b["actor.frame_geometry"].tolist(),
+                                                            b["actor.frame_scales"].tolist())]
+            tk.frames_to_images_reference(b["actor.frames"], geo, images.shape[-1], images)
+
     # --- the graph -----------------------------------------------------------------------------------
     def _actor_fn(self, b: BufferSet, guidance: Guidance | None = None) -> None:
         L = self.policy.max_length
+        self._frames_to_images(b)
         slot, version = self.channel.read_in_graph(b)
         prompt = slot if self.prompt_in_channel else b["actor.prompt"]
         tokens, mask = prompt[:, :L], prompt[:, L:] != 0
@@ -186,9 +281,9 @@ class LerobotEngine:
                                        rtc.jacobian))
         return StaticGraph(
             f"actor_rtc_{rtc.jacobian}", guided_fn, self.buffers,
-            reads=["actor.images", "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state",
+            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state",
                    "actor.rtc_prefix", "actor.rtc_weights"],
-            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
+            writes=["actor.images", "actor.actions", "actor.subtask_version"], stream=self.actor_stream,
             grad=rtc.jacobian == "vjp").capture()
 
     def rtc_inputs(self, prefix, delay: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,9 +381,7 @@ class LerobotEngine:
         if not self.prompt_in_channel:
             tokens, mask = p.tokenize(p.prompt(subtask.text, state[0].numpy()))
             self.buffers.write("actor.prompt", np.concatenate([tokens, mask.astype(np.int64)])[None], stream=stream)
-        with _on(stream):
-            cams = [camera_tensor(img, enc, self.device) for img, enc in zip(images, encodings)]
-            self.buffers["actor.images"].copy_(p.model.prepare_images([c[None] for c in cams]))
+        self._write_frames(images, encodings, stream)
         self.chunk_io.write_noise(chunk_seq, stream)
         if rtc_in is not None:
             self.buffers.write("actor.rtc_prefix", rtc_in[0], stream=stream)
@@ -305,14 +398,3 @@ class LerobotEngine:
                            dt=self.config.chunk_dt, subtask_version=version, subtask_text=text, nonfinite=nonfinite,
                            latency_s=time.perf_counter() - t0)
 
-
-def camera_tensor(image, encoding: str, device: torch.device) -> torch.Tensor:
-    """A camera image (H, W, C) uint8 in any supported encoding -> float32 RGB [3, H, W] in [0, 1]
-    (LeRobot's convention: divide first, then resize)."""
-    height, width, channels, _ = image_layout(image, encoding)
-    pixels = np.ascontiguousarray(image)
-    if not pixels.flags.writeable:      # e.g. decoded from a bag: torch wants a writable buffer
-        pixels = pixels.copy()
-    pixels = torch.from_numpy(pixels).reshape(height, width, channels)
-    rgb = pixels[..., list(ENCODINGS[encoding].rgb)].permute(2, 0, 1)
-    return rgb.to(device, non_blocking=True).to(torch.float32) / 255.0

@@ -239,6 +239,9 @@ def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torc
 class Pi0(nn.Module):
     """π0 (`pi05=False`) or π0.5 (`pi05=True`). forward() is the whole chunk; see module docstring."""
 
+    # resize-with-pad as LeRobot's PI0Policy does it (the in-graph frame kernel reads these)
+    pad_centred, pad_clamp = True, True
+
     def __init__(self, vlm: GemmaDims, expert: GemmaDims, vision: VisionDims, *, pi05: bool, image_size: int = 224,
                  chunk_size: int = 50, max_state_dim: int = 32, max_action_dim: int = 32, num_steps: int = 10,
                  min_period: float = 4e-3, max_period: float = 4.0, vocab_size: int = VOCAB_SIZE):

@@ -213,6 +213,9 @@ def pixel_shuffle(x: torch.Tensor, s: int) -> torch.Tensor:
 class SmolVLA(nn.Module):
     """LeRobot's SmolVLA VLAFlowMatching for inference; forward() is the whole chunk (module docstring)."""
 
+    # resize-with-pad as LeRobot's SmolVLAPolicy does it: bars left/top, no clamp (the frame kernel reads these)
+    pad_centred, pad_clamp = False, False
+
     def __init__(self, cfg: dict, vlm: dict):
         super().__init__()
         if cfg.get("add_image_special_tokens", False):

@@ -1,0 +1,397 @@
+"""Triton kernels for the LeRobot networks' hot paths, each beside its torch reference.
+
+- ``frames_to_images``: uint8 camera frames (rgb8/bgr8/rgba8/bgra8/mono8, any size, packed rows)
+  -> the model's float32 image input [n, 3, R, R] in [-1, 1], resized with padding (LeRobot's
+  resize-with-pad: aspect kept, bilinear without antialias, black bars centred (π0/π0.5) or
+  left/top (SmolVLA)). The geometry of each frame is READ FROM DEVICE BUFFERS, so the kernel is
+  captured once in the chunk's CUDA graph and serves any frame size afterwards.
+- ``wo_linear``: y = x @ dequant(w)^T (+ bias) with a weight-only quantised w (int8 or FP8 E4M3,
+  one float32 scale per output channel): the weight is read once in its 1-byte form and widened
+  in registers; small-M calls (the action expert: 50 rows) split K across programs.
+- ``attention_rows``: softmax(q k^T * scale + mask) v for grouped-query heads folded into rows
+  (common.attention's GPU layout) as one kernel, many small row blocks (the action expert's 400
+  rows over the prefix K/V filled only 7 CTAs of SDPA's kernel).
+
+Each has a torch reference (``*_reference``): the CPU path and the oracle the kernels are tested
+against (test/test_triton_kernels.py on a GPU; parity/test_triton_interpreter.py runs the kernels
+themselves on the CPU through Triton's interpreter, where Triton is installed). Triton is imported
+lazily: this module imports without it, and ``triton_error()`` says why a fast path cannot run.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+_triton = None
+_triton_error: str | None = None
+_kernels: dict[str, object] = {}
+
+
+def triton_error(device: torch.device | None = None) -> str | None:
+    """None when the Triton kernels can run on `device` (a CUDA device, or anything under Triton's
+    CPU interpreter), else the reason."""
+    global _triton, _triton_error
+    if _triton is None and _triton_error is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+            _triton = triton
+        except Exception as e:  # ImportError, or a broken install
+            _triton_error = f"triton is not importable ({type(e).__name__}: {e})"
+    if _triton_error is not None:
+        return _triton_error
+    if device is not None and torch.device(device).type != "cuda" and not interpreted():
+        return f"the Triton kernels run on CUDA devices (or under TRITON_INTERPRET=1), not on {device}"
+    return None
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _require(device) -> None:
+    err = triton_error(device)
+    if err is not None:
+        raise RuntimeError(err)
+
+
+# ------------------------------------------------------------------------------------------ frames
+ENCODING_CODES = {"rgb8": 0, "bgr8": 1, "rgba8": 2, "bgra8": 3, "mono8": 4}
+ENCODING_CHANNELS = {0: 3, 1: 3, 2: 4, 3: 4, 4: 1}
+GEOMETRY_FIELDS = 8   # height, width, encoding, resized height, resized width, top, left, clamp
+
+
+class FrameGeometry(NamedTuple):
+    height: int
+    width: int
+    encoding: int
+    resized_h: int
+    resized_w: int
+    top: int
+    left: int
+    clamp: int
+    scale_y: float     # float32 height / resized_h, as torch's bilinear computes it
+    scale_x: float
+
+
+def frame_geometry(height: int, width: int, encoding: str, size: int, centred: bool,
+                   clamp: bool) -> FrameGeometry:
+    """Where a height x width frame lands in the size x size model input (LeRobot's resize-with-pad:
+    ratio = max(w / size, h / size), resized to int(h / ratio) x int(w / ratio), bars centred or on the
+    left/top). An image already size x size is copied as it is (scale 1: bilinear is the identity)."""
+    import numpy as np
+    if (height, width) == (size, size):
+        rh, rw = size, size
+    else:
+        ratio = max(width / size, height / size)
+        rh, rw = int(height / ratio), int(width / ratio)
+    top, left = ((size - rh) // 2, (size - rw) // 2) if centred else (max(0, size - rh), max(0, size - rw))
+    sy, sx = float(np.float32(height) / np.float32(rh)), float(np.float32(width) / np.float32(rw))
+    return FrameGeometry(height, width, ENCODING_CODES[encoding], rh, rw, top, left, int(clamp), sy, sx)
+
+
+def frames_to_images_reference(frames: torch.Tensor, geometry: list[FrameGeometry], size: int,
+                               out: torch.Tensor) -> torch.Tensor:
+    """frames uint8 [n, capacity] (frame i packed from byte 0) -> out float32 [n, 3, size, size], in
+    LeRobot's order: x / 255, bilinear resize (F.interpolate, align_corners=False, no antialias),
+    clamp to [0, 1] where LeRobot clamps (π0/π0.5), zero bars, x * 2 - 1."""
+    for i, g in enumerate(geometry):
+        c = ENCODING_CHANNELS[g.encoding]
+        pixels = frames[i, : g.height * g.width * c].view(g.height, g.width, c)
+        order = {0: [0, 1, 2], 1: [2, 1, 0], 2: [0, 1, 2], 3: [2, 1, 0], 4: [0, 0, 0]}[g.encoding]
+        img = (pixels[..., order].permute(2, 0, 1).to(torch.float32) / 255.0)[None]
+        if (g.resized_h, g.resized_w) != (g.height, g.width):
+            img = F.interpolate(img, size=(g.resized_h, g.resized_w), mode="bilinear", align_corners=False)
+            if g.clamp:
+                img = img.clamp(0.0, 1.0)
+        img = F.pad(img, (g.left, size - g.resized_w - g.left, g.top, size - g.resized_h - g.top), value=0.0)
+        out[i].copy_(img[0] * 2.0 - 1.0)
+    return out
+
+
+def frames_to_images(frames: torch.Tensor, geometry: torch.Tensor, scales: torch.Tensor, out: torch.Tensor,
+                     block: int = 256) -> torch.Tensor:
+    """The kernel: frames uint8 [n, capacity], geometry int32 [n, 8] and scales float32 [n, 2] (device
+    buffers holding FrameGeometry's fields) -> out float32 [n, 3, R, R] (contiguous). One launch for
+    all cameras; nothing about the frames is a Python value, so a captured graph serves any size."""
+    _require(frames.device)
+    n, R = out.shape[0], out.shape[-1]
+    kernel = _build()["frames"]
+    grid = ((R * R + block - 1) // block, n)
+    kernel[grid](frames, frames.stride(0), geometry, scales, out, R, BLOCK=block)
+    return out
+
+
+# ------------------------------------------------------------------------------ quantised weights
+class QuantWeight(NamedTuple):
+    """A weight-only quantised [N, K] matrix: w ~= q * scale[:, None]. q is int8 or float8_e4m3fn."""
+    q: torch.Tensor
+    scale: torch.Tensor     # float32 [N]
+
+
+QUANT_KINDS = ("int8", "fp8")
+_QMAX = {"int8": 127.0, "fp8": 448.0}
+
+
+def quantize(w: torch.Tensor, kind: str) -> QuantWeight:
+    """Per output channel (row), symmetric, no calibration data: scale = max|row| / qmax."""
+    if kind not in QUANT_KINDS:
+        raise ValueError(f"weights {kind!r}: expected one of bf16, {', '.join(QUANT_KINDS)}")
+    w32 = w.detach().float()
+    amax = w32.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / _QMAX[kind], torch.ones_like(amax))
+    x = w32 / scale[:, None]
+    q = x.round().clamp(-127, 127).to(torch.int8) if kind == "int8" else x.clamp(-448, 448).to(torch.float8_e4m3fn)
+    return QuantWeight(q, scale.contiguous())
+
+
+def dequantize(w: QuantWeight, dtype: torch.dtype) -> torch.Tensor:
+    return (w.q.float() * w.scale[:, None]).to(dtype)
+
+
+def wo_linear_reference(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(x @ q^T) * scale (+ bias) in float32, cast to x's dtype: the kernel's math (q's values are exact
+    in bf16 and float32, the sum is float32, the scale an epilogue)."""
+    y = F.linear(x.float(), w.q.float()) * w.scale
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def _wo_config(M: int, N: int, K: int, sms: int) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): small M (the expert) reads the weight once
+    with K split over enough programs to keep every SM streaming; large M (the prefix) plain tiles."""
+    if M <= 64:
+        bm, bn, bk, warps, stages = (16 if M <= 16 else 32 if M <= 32 else 64), 64, 128, 4, 4
+    else:
+        bm, bn, bk, warps, stages = 128, 128, 64, 8, 3
+    tiles = -(-M // bm) * -(-N // bn)
+    split = 1
+    while tiles * split < 2 * sms and K // (bk * split * 2) >= 2:
+        split *= 2
+    return bm, bn, bk, split, warps, stages
+
+
+_sm_count: dict[int, int] = {}
+
+
+def wo_linear(x: torch.Tensor, w: QuantWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel: x [..., K] (bf16/fp16/fp32) @ the quantised [N, K] weight -> [..., N] in x's dtype."""
+    _require(x.device)
+    shape, K = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M, N = x2.shape[0], w.q.shape[0]
+    dev = x.device.index if x.is_cuda else -1
+    if dev not in _sm_count:
+        _sm_count[dev] = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 132
+    bm, bn, bk, split, warps, stages = _wo_config(M, N, K, _sm_count[dev])
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    k = _build()
+    has_bias = bias is not None
+    b = bias if has_bias else w.scale
+    grid = ((M + bm - 1) // bm, (N + bn - 1) // bn, split)
+    if split == 1:
+        k["wo"][grid](x2, w.q, w.scale, b, y, y, M, N, K, x2.stride(0), w.q.stride(0), y.stride(0),
+                      HAS_BIAS=has_bias, SPLIT=1, BM=bm, BN=bn, BK=bk, F32DOT=interpreted(),
+                      num_warps=warps, num_stages=stages)
+        return y.view(*shape, N)
+    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+    k["wo"][grid](x2, w.q, w.scale, b, y, part, M, N, K, x2.stride(0), w.q.stride(0), y.stride(0),
+                  HAS_BIAS=has_bias, SPLIT=split, BM=bm, BN=bn, BK=bk, F32DOT=interpreted(),
+                  num_warps=warps, num_stages=stages)
+    total = M * N
+    k["wo_reduce"][((total + 1023) // 1024,)](part, w.scale, b, y, M * N, N, HAS_BIAS=has_bias, SPLIT=split,
+                                              BLOCK=1024)
+    return y.view(*shape, N)
+
+
+# -------------------------------------------------------------------------------------- attention
+def attention_rows_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                             scale: float) -> torch.Tensor:
+    """q [B, Hkv, R, d] (grouped heads folded into rows), k/v [B, Hkv, Tk, d], additive mask [B, 1, R, Tk]
+    -> [B, Hkv, R, d]: scores and softmax in float32, probabilities cast to v's dtype."""
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if mask is not None:
+        s = s + mask.float()
+    return torch.matmul(torch.softmax(s, dim=-1).to(v.dtype).float(), v.float()).to(q.dtype)
+
+
+def attention_rows_supported(q: torch.Tensor) -> bool:
+    d = q.shape[-1]
+    return d >= 16 and d & (d - 1) == 0 and d <= 256 and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+    """The kernel (same contract as attention_rows_reference): one program per block of rows and K/V
+    head, an online softmax over key blocks (flash-attention's recurrence), float32 statistics."""
+    _require(q.device)
+    if not attention_rows_supported(q):
+        raise ValueError(f"attention_rows: head_dim {q.shape[-1]} / dtype {q.dtype} not supported")
+    B, H, R, d = q.shape
+    Tk = k.shape[2]
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    o = torch.empty(B, H, R, d, dtype=q.dtype, device=q.device)
+    bm = 16 if R <= 1024 else 64
+    bn = 64 if d <= 128 else 32
+    has_mask = mask is not None
+    m = mask if has_mask else q
+    ms = (mask.stride(0), mask.stride(2), mask.stride(3)) if has_mask else (0, 0, 0)
+    grid = ((R + bm - 1) // bm, H, B)
+    _build()["attn"][grid](q, k, v, m, o, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *o.stride()[:3],
+                          R, Tk, float(scale), HAS_MASK=has_mask, D=d, BM=bm, BN=bn, F32DOT=interpreted(),
+                          num_warps=4 if bm == 16 else 8, num_stages=2)
+    return o
+
+
+# ------------------------------------------------------------------------------------ the kernels
+def _build() -> dict:
+    if _kernels:
+        return _kernels
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def frames_kernel(frames, frame_stride, geometry, scales, out, R, BLOCK: tl.constexpr):
+        cam = tl.program_id(1)
+        pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = pix < R * R
+        oy = pix // R
+        ox = pix - oy * R
+        g = geometry + cam * 8
+        h = tl.load(g)
+        w = tl.load(g + 1)
+        enc = tl.load(g + 2)
+        rh = tl.load(g + 3)
+        rw = tl.load(g + 4)
+        top = tl.load(g + 5)
+        left = tl.load(g + 6)
+        clamp = tl.load(g + 7)
+        sy = tl.load(scales + cam * 2)
+        sx = tl.load(scales + cam * 2 + 1)
+        iy = oy - top
+        ix = ox - left
+        inside = valid & (iy >= 0) & (iy < rh) & (ix >= 0) & (ix < rw)
+        # torch's bilinear source index (align_corners=False): max(scale * (o + 0.5) - 0.5, 0)
+        fy = tl.maximum(sy * (iy.to(tl.float32) + 0.5) - 0.5, 0.0)
+        fx = tl.maximum(sx * (ix.to(tl.float32) + 0.5) - 0.5, 0.0)
+        y0 = tl.minimum(fy.to(tl.int32), h - 1)
+        x0 = tl.minimum(fx.to(tl.int32), w - 1)
+        ly = tl.minimum(tl.maximum(fy - y0.to(tl.float32), 0.0), 1.0)
+        lx = tl.minimum(tl.maximum(fx - x0.to(tl.float32), 0.0), 1.0)
+        y1 = y0 + (y0 < h - 1).to(tl.int32)
+        x1 = x0 + (x0 < w - 1).to(tl.int32)
+        ch = tl.where(enc == 4, 1, tl.where(enc >= 2, 4, 3))
+        swap = (enc == 1) | (enc == 3)
+        row = w * ch
+        base = frames + cam.to(tl.int64) * frame_stride
+        r0 = base + y0.to(tl.int64) * row
+        r1 = base + y1.to(tl.int64) * row
+        for c in tl.static_range(3):
+            kb = tl.where(enc == 4, 0, tl.where(swap, 2 - c, c))
+            a = tl.load(r0 + x0 * ch + kb, mask=inside, other=0).to(tl.float32) / 255.0
+            b = tl.load(r0 + x1 * ch + kb, mask=inside, other=0).to(tl.float32) / 255.0
+            e = tl.load(r1 + x0 * ch + kb, mask=inside, other=0).to(tl.float32) / 255.0
+            f = tl.load(r1 + x1 * ch + kb, mask=inside, other=0).to(tl.float32) / 255.0
+            val = (1.0 - ly) * ((1.0 - lx) * a + lx * b) + ly * ((1.0 - lx) * e + lx * f)
+            val = tl.where(clamp != 0, tl.minimum(tl.maximum(val, 0.0), 1.0), val)
+            val = tl.where(inside, val, 0.0)
+            tl.store(out + cam * 3 * R * R + c * R * R + pix, val * 2.0 - 1.0, mask=valid)
+
+    @triton.jit
+    def wo_kernel(x, wq, scale, bias, y, part, M, N, K, sxm, swn, sym, HAS_BIAS: tl.constexpr,
+                  SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, F32DOT: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        rm = pid_m * BM + tl.arange(0, BM)
+        rn = pid_n * BN + tl.arange(0, BN)
+        k_per = tl.cdiv(tl.cdiv(K, SPLIT), BK) * BK
+        k_lo = pid_k * k_per
+        k_hi = tl.minimum(k_lo + k_per, K)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(k_lo, k_hi, BK):
+            rk = k0 + tl.arange(0, BK)
+            kmask = rk < k_hi
+            a = tl.load(x + rm[:, None] * sxm + rk[None, :], mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
+            b = tl.load(wq + rn[None, :] * swn + rk[:, None], mask=(rn[None, :] < N) & kmask[:, None], other=0.0)
+            if F32DOT:   # Triton's CPU interpreter gets bf16 dots wrong: the same products in float32
+                acc += tl.dot(a.to(tl.float32), b.to(tl.float32))
+            else:
+                acc += tl.dot(a, b.to(a.dtype))
+        if SPLIT == 1:
+            s = tl.load(scale + rn, mask=rn < N, other=0.0)
+            out = acc * s[None, :]
+            if HAS_BIAS:
+                out += tl.load(bias + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+            tl.store(y + rm[:, None] * sym + rn[None, :], out.to(y.dtype.element_ty),
+                     mask=(rm[:, None] < M) & (rn[None, :] < N))
+        else:
+            dst = part + pid_k * M * N + rm[:, None] * N + rn[None, :]
+            tl.store(dst, acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    @triton.jit
+    def wo_reduce(part, scale, bias, y, total, N, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < total
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for s in tl.static_range(SPLIT):
+            acc += tl.load(part + s * total + i, mask=m, other=0.0)
+        n = i % N
+        out = acc * tl.load(scale + n, mask=m, other=0.0)
+        if HAS_BIAS:
+            out += tl.load(bias + n, mask=m, other=0.0).to(tl.float32)
+        tl.store(y + i, out.to(y.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def attn_kernel(q, k, v, mask, o, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smm, smn, sob, soh, som,
+                    R, Tk, scale, HAS_MASK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    F32DOT: tl.constexpr):
+        pid_m = tl.program_id(0)
+        h = tl.program_id(1)
+        b = tl.program_id(2)
+        rows = pid_m * BM + tl.arange(0, BM)
+        dc = tl.arange(0, D)
+        rmask = rows < R
+        qt = tl.load(q + b * sqb + h * sqh + rows[:, None] * sqm + dc[None, :], mask=rmask[:, None], other=0.0)
+        m_i = tl.full((BM,), float("-inf"), tl.float32)
+        l_i = tl.zeros((BM,), tl.float32)
+        acc = tl.zeros((BM, D), tl.float32)
+        for n0 in range(0, Tk, BN):
+            cols = n0 + tl.arange(0, BN)
+            cmask = cols < Tk
+            kt = tl.load(k + b * skb + h * skh + cols[None, :] * skn + dc[:, None], mask=cmask[None, :], other=0.0)
+            if F32DOT:
+                s = tl.dot(qt.to(tl.float32), kt.to(tl.float32))
+            else:
+                s = tl.dot(qt, kt)
+            s = s * scale
+            if HAS_MASK:
+                am = tl.load(mask + b * smb + rows[:, None] * smm + cols[None, :] * smn,
+                             mask=rmask[:, None] & cmask[None, :], other=0.0)
+                s += am.to(tl.float32)
+            s = tl.where(cmask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            vt = tl.load(v + b * svb + h * svh + cols[:, None] * svn + dc[None, :], mask=cmask[:, None], other=0.0)
+            if F32DOT:
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype).to(tl.float32), vt.to(tl.float32))
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(o + b * sob + h * soh + rows[:, None] * som + dc[None, :], out.to(o.dtype.element_ty),
+                 mask=rmask[:, None])
+
+    _kernels.update(frames=frames_kernel, wo=wo_kernel, wo_reduce=wo_reduce, attn=attn_kernel)
+    return _kernels
