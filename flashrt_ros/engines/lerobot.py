@@ -41,6 +41,8 @@ import torch
 from .base import ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
 from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.models.lerobot.loader import PolicyDirError
+from flashrt_ros.models.lerobot.quant import (QUANT_MAX_ERROR_RATIO, QUANT_MIN_COS, WEIGHT_MODES, fp8_supported,
+                                              gate_passes, quantize_with_gate)
 from flashrt_ros.models.rtc import Guidance, RtcSettings, prefix_weights
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
 from flashrt_ros.runtime.kernels import Postprocessor, image_layout
@@ -78,7 +80,8 @@ class LerobotInfo:
 class LerobotEngine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "lerobot", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
-                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False,
+                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool | None = None,
+                 weights: str = "bf16",
                  tokenizer: str | Path | None = None, rtc: RtcSettings | None = None, rtc_mode: str = "guided",
                  max_frame_bytes: int = MAX_FRAME_BYTES):
         if rtc_mode not in RTC_MODES:
@@ -90,16 +93,31 @@ class LerobotEngine:
         self.rtc, self.rtc_mode = rtc, rtc_mode
         if not checkpoint:
             raise PolicyDirError("a LeRobot model needs `checkpoint`: the policy directory")
+        if weights not in WEIGHT_MODES:
+            raise ValueError(f"weights {weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
         self.device = resolve_device(device)
         self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
-        self.policy = p = load_policy(checkpoint, self.device, self.dtype, tokenizer=tokenizer)
+        self.weights = weights
+        if weights != "bf16":
+            why = fp8_supported(self.device) if weights == "fp8" else None
+            why = why or (tk.triton_error(self.device) if self.device.type == "cuda" else None)
+            if why:
+                raise RuntimeError(f"weights: {weights} on {self.device}: {why}")
+        # quantised weights: loaded in float32 first, for the start-up gate's reference
+        self.policy = p = load_policy(checkpoint, self.device, torch.float32 if weights != "bf16" else self.dtype,
+                                      tokenizer=tokenizer)
         if p.config.get("use_relative_actions"):
             raise PolicyDirError(f"{checkpoint}: relative actions (use_relative_actions) are not supported yet")
         if p.tokenizer is None:
             p.tokenize("")  # raises the clear "no tokenizer.json" error
         self.actor = p.model
         self.notes: list[str] = []          # start-up facts the host logs (e.g. the compile gate)
+        self.gates: dict[str, dict] = {}    # each start-up gate's numbers
+        if weights != "bf16":
+            self._quantize_gated(weights, len(p.camera_keys))
+        if compile_actor is None:   # the fast path by default where there is one: π0/π0.5 on a GPU
+            compile_actor = self.device.type == "cuda" and hasattr(p.model, "compile_layers")
         if compile_actor:
             self._compile_gated(len(p.camera_keys))
         self.config = LerobotInfo(name=f"lerobot_{p.kind}", n_cameras=len(p.camera_keys),
@@ -152,6 +170,20 @@ class LerobotEngine:
         self._task_text = ""
         self._subtask = SubtaskState(0, "", "none")   # π0.5's host-side subtask
 
+    def _quantize_gated(self, kind: str, n_cameras: int) -> None:
+        """Weight-only quantisation behind its start-up gate (quant.quantize_with_gate): cosine >=
+        QUANT_MIN_COS vs the float32 network and mean |error| <= QUANT_MAX_ERROR_RATIO x the bf16 network's,
+        on seeded probes. Else start-up stops with the numbers: no silent fallback."""
+        g = self.gates["weights"] = quantize_with_gate(self.policy, kind, self.dtype, n_cameras)
+        q = g["quantised"]
+        if not gate_passes(g):
+            raise RuntimeError(
+                f"weights: {kind} refused by the start-up gate: vs the float32 network, cosine {q['cos']:.6f} "
+                f"(needs >= {QUANT_MIN_COS}), mean |error| {q['mean_abs']:.4g} = {g['error_ratio']:.2f}x the bf16 "
+                f"network's {g['bf16']['mean_abs']:.4g} (needs <= {QUANT_MAX_ERROR_RATIO}x). Use weights: bf16")
+        self.notes.append(f"weights: {kind} ({g['layers']} layers), cosine {q['cos']:.6f} vs float32, mean |error| "
+                          f"{q['mean_abs']:.3g} = {g['error_ratio']:.2f}x bf16's ({g['bf16']['mean_abs']:.3g})")
+
     def _compile_gated(self, n_cameras: int) -> None:
         """Opt-in: torch.compile the network's layers (fused elementwise chains), kept only if its output
         matches the plain path on seeded inputs (cosine >= COMPILE_MIN_COS); otherwise the plain path
@@ -163,9 +195,11 @@ class LerobotEngine:
         t0 = time.perf_counter()
         with torch.inference_mode():
             plain = net(*probe.values()).double()
-            net.compile_layers()
+            net.compile_layers(kernels=self.device.type == "cuda")
             fast = net(*probe.values()).double()
         cos = float(torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0))
+        self.gates["compile"] = {"cos": cos, "max_abs": float((plain - fast).abs().max()),
+                                 "kernels": self.device.type == "cuda"}
         if not cos >= COMPILE_MIN_COS:
             net.compile_layers(False)
             self.notes.append(f"compile: refused, cosine {cos:.6f} vs the plain path < {COMPILE_MIN_COS}: "

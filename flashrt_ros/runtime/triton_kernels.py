@@ -20,7 +20,7 @@ lazily: this module imports without it, and ``triton_error()`` says why a fast p
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -395,3 +395,28 @@ def _build() -> dict:
 
     _kernels.update(frames=frames_kernel, wo=wo_kernel, wo_reduce=wo_reduce, attn=attn_kernel)
     return _kernels
+
+
+# --------------------------------------------------------------------------- as torch operators
+# Registered as custom ops so that torch.compile treats each kernel as one opaque call (with a shape-only
+# fake for tracing) and a CUDA graph captures it like any other launch.
+@torch.library.custom_op("flashrt::wo_linear", mutates_args=())
+def _wo_linear_op(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return wo_linear(x, QuantWeight(q, scale), bias)
+
+
+@_wo_linear_op.register_fake
+def _wo_linear_fake(x, q, scale, bias):
+    return x.new_empty(*x.shape[:-1], q.shape[0])
+
+
+@torch.library.custom_op("flashrt::attention_rows", mutates_args=())
+def _attention_rows_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                       scale: float) -> torch.Tensor:
+    return attention_rows(q, k, v, mask, scale)
+
+
+@_attention_rows_op.register_fake
+def _attention_rows_fake(q, k, v, mask, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -35,7 +35,7 @@ def network_inputs(policy: LerobotPolicy, n_cameras: int, seed: int = 0) -> dict
 
 
 def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: float,
-                  compiled: bool = False) -> dict:
+                  compiled: bool = False, plain_graph: bool = False) -> dict:
     dev = policy.device
     b = BufferSet(dev)
     for name, t in network_inputs(policy, n_cameras).items():
@@ -55,7 +55,11 @@ def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: 
             net.compile_layers(False)
             fn(b)
             plain_out = b["actions"].clone()   # the plain path: what the compiled one must equal
-            net.compile_layers()
+            if plain_graph:
+                g = StaticGraph("bench_plain", fn, b, reads=names, writes=["actions"]).capture()
+                extra["plain_graph"] = _pct(_time(g.replay, dev, iters=iters, warmup=3))
+                del g
+            net.compile_layers(kernels=dev.type == "cuda")   # the fast path: + the Triton attention kernel
             extra["compile_s"] = float(_time(lambda: fn(b), dev, iters=1, warmup=0)[0])
         t_eager = _time(lambda: fn(b), dev, iters=max(5, iters // 4), warmup=2)
         eager_out = b["actions"].clone()
@@ -77,9 +81,12 @@ def bench_network(policy: LerobotPolicy, n_cameras: int, iters: int, bandwidth: 
             "graph_equals_eager": bool(torch.equal(graph_out, reference))}
 
 
-def bench_act(checkpoint: str, device: str, dtype: str, iters: int, compiled: bool = False) -> dict:
+def bench_act(checkpoint: str, device: str, dtype: str, iters: int, compiled: bool | None = False,
+              weights: str = "bf16") -> dict:
+    """The whole act() (uint8 640x480 frames in, joint positions out) and, on the same engine, its chunk
+    graph's replay alone, so act() - chunk is the cost around the graph."""
     from flashrt_ros.engines.lerobot import LerobotEngine
-    engine = LerobotEngine(checkpoint, device=device, dtype=dtype, compile_actor=compiled)
+    engine = LerobotEngine(checkpoint, device=device, dtype=dtype, compile_actor=compiled, weights=weights)
     rng = np.random.default_rng(0)
     c = engine.config
     images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(c.n_cameras)]
@@ -87,8 +94,17 @@ def bench_act(checkpoint: str, device: str, dtype: str, iters: int, compiled: bo
     engine.set_task("pick up the red cube")
     seq = iter(range(10**9))
     t = _time(lambda: engine.act(images, ["rgb8"] * c.n_cameras, q, next(seq)), engine.device, iters=iters)
-    return {"cameras": c.n_cameras, "camera_size": "640x480 rgb8", "compiled": compiled, "notes": engine.notes,
-            "act": _pct(t)}
+    t_chunk = _time(engine.actor_graph.replay, engine.device, iters=iters)
+    allocs = None
+    if engine.device.type == "cuda":
+        before = torch.cuda.memory_stats(engine.device)["allocation.all.allocated"]
+        for _ in range(20):
+            engine.act(images, ["rgb8"] * c.n_cameras, q, next(seq))
+        allocs = torch.cuda.memory_stats(engine.device)["allocation.all.allocated"] - before
+    return {"cameras": c.n_cameras, "camera_size": "640x480 rgb8", "compiled": compiled, "weights": weights,
+            "notes": engine.notes, "gates": engine.gates, "act": _pct(t), "chunk_graph": _pct(t_chunk),
+            "act_minus_chunk_p50_ms": float(np.median(t) - np.median(t_chunk)) * 1e3,
+            "device_allocations_in_20_acts": allocs}
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from flashrt_ros.runtime.triton_kernels import attention_rows_supported
+
 # LeRobot/openpi fill masked attention logits with this finite value (not -inf): a padded query row
 # then averages instead of producing NaN, and a NaN never leaks into the keys others read.
 MASK_VALUE = -2.3819763e38
@@ -35,13 +37,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor | None,
-              scale: float, fold: bool | None = None) -> torch.Tensor:
+              scale: float, fold: bool | None = None, fast: bool = False) -> torch.Tensor:
     """q [B, H, Tq, d], k/v [B, Hkv, Tk, d] (grouped-query when Hkv < H), mask [B, 1, Tq, Tk] added to
     the logits (or already folded, [B, 1, G * Tq, Tk], see fold_mask). Returns [B, Tq, H * d].
 
     fold (default: on CUDA): the G query heads that share a K/V head become G * Tq rows of one head,
     so K/V are read as they are instead of being repeated G times per call. The same dot products and
-    row softmaxes. Off (the CPU default): the reference's exact op order, scores and softmax in fp32."""
+    row softmaxes. Off (the CPU default): the reference's exact op order, scores and softmax in fp32.
+    fast (folded, CUDA, power-of-2 head_dim): the Triton row-block kernel (runtime/triton_kernels.py)
+    instead of SDPA, for the few-row, short-key attention of the action expert and the prefix."""
     B, H, Tq, d = q.shape
     groups = H // k.shape[1]
     fold = q.is_cuda if fold is None else fold
@@ -49,7 +53,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: 
         if additive_mask is not None and additive_mask.shape[-2] == Tq:
             additive_mask = fold_mask(additive_mask, groups)
         qf = q.reshape(B, k.shape[1], groups * Tq, d)
-        out = _sdpa(qf, k, v, additive_mask, scale).view(B, H, Tq, d)
+        if fast and q.is_cuda and attention_rows_supported(qf):
+            out = torch.ops.flashrt.attention_rows(qf, k, v, additive_mask, scale).view(B, H, Tq, d)
+        else:
+            out = _sdpa(qf, k, v, additive_mask, scale).view(B, H, Tq, d)
         return out.transpose(1, 2).reshape(B, Tq, H * d)
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
@@ -131,5 +138,16 @@ def fit_state_dict(model: torch.nn.Module, converted: dict[str, torch.Tensor], l
 
 
 def parameter_bytes(*modules: torch.nn.Module, skip: tuple[str, ...] = ()) -> int:
-    return sum(p.numel() * p.element_size() for m in modules for n, p in m.named_parameters()
-               if not any(s in n for s in skip))
+    """Bytes of the weights a forward reads: parameters, and quantised weights with their scales
+    (QuantLinear's wq / wscale buffers)."""
+    params = sum(p.numel() * p.element_size() for m in modules for n, p in m.named_parameters()
+                 if not any(s in n for s in skip))
+    quant = sum(b.numel() * b.element_size() for m in modules for n, b in m.named_buffers()
+                if n.endswith(("wq", "wscale")) or (n.endswith("bias") and ".wq" not in n and _quant_bias(m, n)))
+    return params + quant
+
+
+def _quant_bias(module: torch.nn.Module, name: str) -> bool:
+    """A QuantLinear keeps its bias as a buffer: count it as the parameter it was."""
+    owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+    return hasattr(owner, "wq")

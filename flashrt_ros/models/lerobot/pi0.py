@@ -43,6 +43,7 @@ from .common import (additive_mask, aligned_rows, apply_rope, attention, block_m
                      gelu_tanh, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
 from ..rtc import Guidance, euler_guided
 from .processing import resize_with_pad_centered
+from .quant import linear
 from .siglip import VisionTransformer
 
 PREFIX = "paligemma_with_expert."
@@ -181,7 +182,8 @@ def _project(h: torch.Tensor, w: GemmaWeights, kv_heads: int, head_dim: int, cos
     """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE."""
     B, T, _ = h.shape
     kv_rows = kv_heads * head_dim
-    q, k, v = F.linear(h, w.qkv).split([w.qkv.shape[0] - 2 * kv_rows, kv_rows, kv_rows], dim=-1)
+    qkv = linear(h, w.qkv)
+    q, k, v = qkv.split([qkv.shape[-1] - 2 * kv_rows, kv_rows, kv_rows], dim=-1)
     q = q.reshape(B, T, -1, head_dim).transpose(1, 2)
     k = k.reshape(B, T, -1, head_dim).transpose(1, 2)
     v = v.reshape(B, T, -1, head_dim).transpose(1, 2)
@@ -199,24 +201,26 @@ def _qkv(h: torch.Tensor, w: GemmaWeights, k_cache: torch.Tensor, v_cache: torch
     return q, k, v
 
 
-def _attend(q, k, v, mask, w: GemmaWeights) -> torch.Tensor:
+def _attend(q, k, v, mask, w: GemmaWeights, fast: bool = False) -> torch.Tensor:
     # a mask with more rows than q has is folded (fold_mask): grouped-query heads as rows
-    return F.linear(attention(q, k, v, mask, q.shape[-1] ** -0.5, mask.shape[-2] != q.shape[2]), w.o)
+    return linear(attention(q, k, v, mask, q.shape[-1] ** -0.5, mask.shape[-2] != q.shape[2], fast=fast), w.o)
 
 
 def _mlp(h: torch.Tensor, w: GemmaWeights) -> torch.Tensor:
-    gate, up = F.linear(h, w.gate_up).chunk(2, dim=-1)
-    return F.linear(gelu_tanh(gate) * up, w.down)
+    gate, up = linear(h, w.gate_up).chunk(2, dim=-1)
+    return linear(gelu_tanh(gate) * up, w.down)
 
 
-def prefix_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin) -> torch.Tensor:
-    """One PaliGemma layer over the prefix x [B, P, W]; its K/V go to the caches' first P slots."""
+def prefix_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, fast: bool = False) -> torch.Tensor:
+    """One PaliGemma layer over the prefix x [B, P, W]; its K/V go to the caches' first P slots.
+    fast: the Triton attention kernel (Pi0.compile_layers(kernels=True))."""
     q, k, v = _qkv(rms_norm(x, w.norm1), w, k_cache, v_cache, 0, cos, sin)
-    x = x + _attend(q, k, v, mask, w)
+    x = x + _attend(q, k, v, mask, w, fast)
     return x + _mlp(rms_norm(x, w.norm2), w)
 
 
-def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torch.Tensor | None) -> torch.Tensor:
+def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torch.Tensor | None,
+                 fast: bool = False) -> torch.Tensor:
     """One action-expert layer over the suffix x [B, S, W]: its K/V go to the caches' last S slots and it
     attends to all of them [prefix ; suffix]. ada: π0.5's adaRMS rows for this layer and step, float32
     [2, 3W] (input, post-attention), or None for π0 (RMSNorms w.norm1, w.norm2: no gate)."""
@@ -229,7 +233,7 @@ def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torc
         k_cache, v_cache = torch.cat([k_cache[:, :, :start], k], dim=2), torch.cat([v_cache[:, :, :start], v], dim=2)
     else:
         q, _, _ = _qkv(h, w, k_cache, v_cache, start, cos, sin)
-    out = _attend(q, k_cache, v_cache, mask, w)
+    out = _attend(q, k_cache, v_cache, mask, w, fast and not torch.is_grad_enabled())
     x = x + out if gate is None else x + out * gate
     h, gate = (rms_norm(x, w.norm2), None) if ada is None else _modulate(x, ada[1])
     out = _mlp(h, w)
@@ -271,6 +275,7 @@ class Pi0(nn.Module):
             self.action_time_mlp_in, self.action_time_mlp_out = nn.Linear(2 * W, W), nn.Linear(W, W)
         self._finalized = False
         self._prefix_layer, self._expert_layer = prefix_layer, expert_layer   # compile_layers swaps them
+        self._kernels = False   # compile_layers(kernels=True): the Triton attention kernel on a GPU
 
     # --- checkpoint edge ---------------------------------------------------------------------------
     @staticmethod
@@ -343,26 +348,36 @@ class Pi0(nn.Module):
         for layer in [*self.vlm, *self.expert]:
             layer.self_attn.fuse()
             layer.mlp.fuse()
+        self._finalized = True
+        return self.cast(dtype).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def cast(self, dtype: torch.dtype) -> "Pi0":
+        """The finalized network in `dtype` (norm scales and time tables stay float32). The engine's
+        quantisation gate runs the float32 network first, then casts it."""
         self.to(dtype=dtype)
-        for m in norms:  # norm statistics and scales stay float32, as in LeRobot
-            m.one_plus_w = m.one_plus_w.float()
+        for m in self.modules():  # norm statistics and scales stay float32, as in LeRobot
+            if isinstance(m, RMSNorm):
+                m.one_plus_w = m.one_plus_w.float()
         # sqrt(width) as HF rounds it (float32 -> weight dtype), kept as a Python float: no host tensor
         # reaches the device inside the captured graph
         self._embed_scale = float(torch.tensor(self.vlm_dims.width ** 0.5).to(dtype))
         for name in ("ada_layers", "ada_final", "time_bias"):  # tables stay float32
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).float())
-        self._finalized = True
-        return self.eval().requires_grad_(False)
+        return self
 
-    def compile_layers(self, enabled: bool = True, backend: str = "inductor") -> "Pi0":
+    def compile_layers(self, enabled: bool = True, backend: str = "inductor", kernels: bool = False) -> "Pi0":
         """Opt-in fast path: torch.compile the layer functions, fusing each layer's elementwise chains
         (norms, RoPE, residuals, gates, gelu * up) into a few kernels. One graph per layer kind (VLM,
         expert, SigLIP) and input shape, shared by all layers and steps. Matmuls stay cuBLAS (no
         max-autotune), attention stays one SDPA call, and no cudagraph mode: the caller captures its own
         CUDA graph around forward(). Compilation happens at the first forward of each shape: run one
-        before capturing (StaticGraph's warm-up does). compile_layers(False) restores the plain path."""
+        before capturing (StaticGraph's warm-up does). compile_layers(False) restores the plain path.
+        kernels (CUDA): the VLM's and the expert's attention through the Triton row-block kernel
+        (common.attention fast=True) instead of SDPA."""
         opts = dict(backend=backend, dynamic=False, fullgraph=True)
+        self._kernels = bool(enabled and kernels)
 
         def maybe(fn):
             return torch.compile(fn, **opts) if enabled else fn
@@ -456,7 +471,7 @@ class Pi0(nn.Module):
         B, P = pad.shape
         k_cache, v_cache = x.new_empty(2, len(self.vlm), B, d.num_kv_heads, P + suffix_len, d.head_dim)
         for i, layer in enumerate(self.vlm[:-1]):
-            x = self._prefix_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin)
+            x = self._prefix_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, self._kernels)
         w = self.vlm[-1].weights()   # the last layer's output is never read: only its K/V are
         _qkv(rms_norm(x, w.norm1), w, k_cache[-1], v_cache[-1], 0, cos, sin)
         return k_cache, v_cache
@@ -472,7 +487,7 @@ class Pi0(nn.Module):
         k_cache, v_cache = kv
         for i, layer in enumerate(self.expert):
             ada = self.ada_layers[i, :, step] if self.pi05 else None
-            x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada)
+            x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada, self._kernels)
         if self.pi05:
             x, _ = _modulate(x, self.ada_final[step])
         else:

@@ -174,7 +174,7 @@ class LlamaLayer(nn.Module):
 
     def finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         """Residual attention output, then the residual MLP."""
-        x = x + self.self_attn.o_proj(att.to(self.self_attn.o_proj.weight.dtype))
+        x = x + self.self_attn.o_proj(att.to(self.input_layernorm.weight.dtype))   # o_proj may be quantised
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -343,9 +343,15 @@ class SmolVLA(nn.Module):
     def finalize(self, device: torch.device | str, dtype: torch.dtype) -> "SmolVLA":
         """Move to `device`, cast to `dtype` (the time table is recomputed and kept float32); call once
         after loading the weights."""
-        self.to(device=device, dtype=dtype)
-        self.time_emb = self._time_table(torch.device(device))
-        return self.eval().requires_grad_(False)
+        self.to(device=device)
+        return self.cast(dtype).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def cast(self, dtype: torch.dtype) -> "SmolVLA":
+        """The network in `dtype`, its time table recomputed in float32 (see Pi0.cast)."""
+        self.to(dtype=dtype)
+        self.time_emb = self._time_table(self.action_in_proj.weight.device)
+        return self
 
     # --- input edge --------------------------------------------------------------------------------
     def prepare_images(self, images: list[torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""The LeRobot fast path on a GPU (CI has none: these skip there; they ran on the device tool's H200,
+docs/benchmarks/fast-h200.md): each Triton kernel against its torch reference on fresh random
+inputs; the engine's chunk graph (frames resized inside it) equal to its own function run eagerly, bit
+for bit, and act() allocating no device memory, with frames of changing sizes; the quantised engines'
+start-up gate."""
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
+
+from pathlib import Path  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+D = 7
+
+
+@pytest.mark.parametrize("centred", [True, False])
+def test_the_frame_kernel_is_leRobots_resize_with_pad(centred):
+    from flashrt_ros.runtime import triton_kernels as tk
+    rng = np.random.default_rng(1)
+    R = 224
+    sizes = [(480, 640, "rgb8"), (200, 300, "bgr8"), (224, 224, "rgba8"), (97, 531, "bgra8"), (640, 360, "mono8")]
+    cap = max(h * w * 4 for h, w, _ in sizes)
+    frames = torch.zeros(len(sizes), cap, dtype=torch.uint8, device="cuda")
+    geo = []
+    for i, (h, w, enc) in enumerate(sizes):
+        c = tk.ENCODING_CHANNELS[tk.ENCODING_CODES[enc]]
+        frames[i, : h * w * c] = torch.from_numpy(rng.integers(0, 256, h * w * c, dtype=np.uint8)).cuda()
+        geo.append(tk.frame_geometry(h, w, enc, R, centred, centred))
+    out = torch.full((len(sizes), 3, R, R), float("nan"), device="cuda")   # every pixel must be written
+    tk.frames_to_images(frames, torch.tensor([g[:8] for g in geo], dtype=torch.int32, device="cuda"),
+                        torch.tensor([g[8:] for g in geo], dtype=torch.float32, device="cuda"), out)
+    ref = tk.frames_to_images_reference(frames.cpu(), geo, R, torch.empty(len(sizes), 3, R, R))
+    assert torch.isfinite(out).all()
+    assert (out.cpu() - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+@pytest.mark.parametrize("M,N,K", [(1, 256, 512), (50, 2560, 1024), (51, 1024, 4096), (300, 4096, 2048)])
+def test_the_weight_only_linear_is_its_reference(kind, M, N, K):
+    from flashrt_ros.runtime import triton_kernels as tk
+    g = torch.Generator(device="cuda").manual_seed(M * N + K)
+    x = torch.randn(M, K, device="cuda", generator=g).bfloat16()
+    w = torch.randn(N, K, device="cuda", generator=g) / K ** 0.5
+    bias = torch.randn(N, device="cuda", generator=g).bfloat16()
+    qw = tk.quantize(w, kind)
+    y = tk.wo_linear(x, qw, bias).float()
+    ref = tk.wo_linear_reference(x, qw, bias).float()
+    assert torch.isfinite(y).all()
+    assert float((y - ref).norm() / ref.norm()) < 4e-3        # bf16 output rounding, float32 sums
+    deq = torch.nn.functional.linear(x.float(), tk.dequantize(qw, torch.float32)) + bias.float()
+    assert float((ref - deq).norm() / deq.norm()) < 4e-3
+
+
+@pytest.mark.parametrize("R,Tk,d", [(400, 356, 256), (408, 357, 256), (2448, 306, 256), (96, 70, 64)])
+def test_the_row_attention_kernel_is_its_reference(R, Tk, d):
+    from flashrt_ros.runtime import triton_kernels as tk
+    g = torch.Generator(device="cuda").manual_seed(R + Tk)
+    q, k, v = (torch.randn(1, 1, n, d, device="cuda", generator=g).bfloat16() for n in (R, Tk, Tk))
+    mask = torch.where(torch.rand(1, 1, R, Tk, device="cuda", generator=g) < 0.2, -2.3819763e38, 0.0).bfloat16()
+    out = tk.attention_rows(q, k, v, mask, d ** -0.5).float()
+    ref = tk.attention_rows_reference(q, k, v, mask, d ** -0.5).float()
+    assert float((out - ref).norm() / ref.norm()) < 1e-2
+
+
+def _frames(rng, sizes):
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_graph_equals_eager_and_act_allocates_nothing_with_frames_of_any_size(kind):
+    from flashrt_ros.engines.lerobot import LerobotEngine
+    from flashrt_ros.runtime import triton_kernels as tk
+    e = LerobotEngine(FIXTURES / f"lerobot_{kind}_tiny", device="cuda", compile_actor=False)
+    e.set_task("pick up the red cube")
+    rng = np.random.default_rng(0)
+    q = rng.uniform(-0.3, 0.3, D).astype(np.float32)
+    for sizes in ([(480, 640), (480, 640)], [(240, 320), (300, 200)]):
+        images = _frames(rng, sizes)
+        e.act(images, ["rgb8", "bgr8"], q, chunk_seq=3)
+        graph_out = e.buffers.read("actor.actions")
+        graph_images = e.buffers.read("actor.images")
+        with torch.inference_mode(), torch.cuda.stream(e.actor_stream):
+            e._actor_fn(e.buffers)
+        torch.cuda.synchronize()
+        assert np.array_equal(e.buffers.read("actor.actions"), graph_out)     # the graph is its function
+        geo = [tk.frame_geometry(h, w, enc, e.config.image_size, True, True)
+               for (h, w), enc in zip(sizes, ["rgb8", "bgr8"])]
+        ref = tk.frames_to_images_reference(e.buffers["actor.frames"].cpu(), geo, e.config.image_size,
+                                            torch.empty(2, 3, e.config.image_size, e.config.image_size))
+        assert np.abs(graph_images[0] - ref.numpy()).max() <= 1e-5           # this call's frames, resized in it
+    images = _frames(rng, [(480, 640), (480, 640)])
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for i in range(100):
+        e.act(images, ["rgb8", "rgb8"], q, chunk_seq=i)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
+def test_the_fast_path_is_the_gpu_default_and_passed_its_gate():
+    from flashrt_ros.engines.lerobot import COMPILE_MIN_COS, LerobotEngine
+    e = LerobotEngine(FIXTURES / "lerobot_pi05_tiny", device="cuda", dtype="bfloat16")
+    assert e.gates["compile"]["kernels"] and e.gates["compile"]["cos"] >= COMPILE_MIN_COS
+    rng = np.random.default_rng(2)
+    chunk = e.act(_frames(rng, [(480, 640), (480, 640)]), ["rgb8", "rgb8"], np.zeros(D, np.float32))
+    assert not chunk.nonfinite and float(np.abs(chunk.positions).max()) > 0.01
+
+
+def test_int8_weights_pass_their_gate_on_the_gpu_and_act_allocates_nothing():
+    from flashrt_ros.engines.lerobot import LerobotEngine
+    e = LerobotEngine(FIXTURES / "lerobot_pi05_tiny", device="cuda", dtype="bfloat16", weights="int8")
+    g = e.gates["weights"]
+    assert g["quantised"]["cos"] >= 0.999 and g["error_ratio"] <= 2.0
+    rng = np.random.default_rng(3)
+    images = _frames(rng, [(480, 640), (480, 640)])
+    e.set_task("pick up the red cube")
+    e.act(images, ["rgb8", "rgb8"], np.zeros(D, np.float32), chunk_seq=0)
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for i in range(20):
+        e.act(images, ["rgb8", "rgb8"], np.zeros(D, np.float32), chunk_seq=i)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
