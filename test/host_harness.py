@@ -20,7 +20,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from flashrt_ros.msg import ActionChunk, Subtask
+from flashrt_ros.msg import ActionChunk, EpisodeState, Subtask, Value
 from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, ns_to_stamp, stamp_to_ns
 from flashrt_ros.ros.host import Host
 from flashrt_ros.host.params import load_config
@@ -31,6 +31,7 @@ from flashrt_ros.sim.tabletop import JOINT_LIMITS
 # FLASHRT_TEST_CKPT: a checkpoint directory to use instead of the shipped reference weights.
 CHECKPOINT = os.environ.get("FLASHRT_TEST_CKPT", "")
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def host_config(**overrides):
@@ -74,6 +75,8 @@ class Received:
     trajectories: list = field(default_factory=list)
     subtasks: list = field(default_factory=list)
     diagnostics: list = field(default_factory=list)
+    values: list = field(default_factory=list)
+    episode_states: list = field(default_factory=list)
 
 
 class SpinningNode:
@@ -158,8 +161,11 @@ class Robot(SpinningNode):
             n.create_subscription(JointTrajectory, "/flashrt/joint_trajectory", self._on_trajectory, 50),
             n.create_subscription(Subtask, "/flashrt/subtask", self._keep(self.rx.subtasks), LATCHED),
             n.create_subscription(DiagnosticArray, "/diagnostics", self._keep(self.rx.diagnostics), 50),
+            n.create_subscription(Value, "/flashrt/value", self._keep(self.rx.values), 50),
+            n.create_subscription(EpisodeState, "/flashrt/episode_state", self._keep(self.rx.episode_states), STATE_QOS),
         ]
-        self.clients = {name: n.create_client(Trigger, f"/flashrt/{name}") for name in ("start", "stop", "reset", "ready")}
+        self.clients = {name: n.create_client(Trigger, f"/flashrt/{name}")
+                        for name in ("start", "stop", "reset", "reset_done", "ready")}
         self.start(rate)
 
     def now_ns(self) -> int:
@@ -306,5 +312,36 @@ def fresh_episode(robot: Robot, task: str | None = None) -> float:
     return t0
 
 
-__all__ = ["Host", "InProcessHost", "Robot", "fresh_episode", "host_config", "is_stop", "stamp_to_ns",
+# --- the episode state machine (flashrt/episode_state) ----------------------------------------------
+def states_of(robot, episode):
+    """Episode `episode`'s transitions as the robot received them, (arrival, state, end_reason).
+    By episode id, not arrival time: a late-matched latched history arrives late."""
+    return [(t, m.state, m.end_reason) for t, m in list(robot.rx.episode_states) if m.episode_id == episode]
+
+
+def wait_state(robot, episode, state, reason=None, timeout=20.0):
+    """Until episode `episode` reached `state` (with `reason`); its arrival time."""
+    def seen():
+        return [t for t, s, r in states_of(robot, episode) if s == state and (reason is None or r == reason)]
+    assert wait_for(seen, timeout), f"episode {episode}: no {state!r} ({reason}): {states_of(robot, episode)}"
+    return seen()[0]
+
+
+def arm_halts_after(robot, t0) -> None:
+    """A stop arrives after t0 and the arm stops moving on it (JTC semantics)."""
+    assert wait_for(lambda: any(is_stop(t, robot) for t in robot.since("trajectories", t0)), 10.0), "no stop"
+    arrival = next(t for t, m in robot.rx.trajectories if t >= t0 and is_stop(m, robot))
+    assert wait_for(lambda: time.monotonic() > arrival + 1.5, 5.0)
+    _, _, v = robot.motion_since(arrival + 1.0)     # a stop decelerates within max_velocity first
+    assert len(v) > 5 and np.abs(v).max() == 0.0, "the arm still moves after the stop"
+
+
+def moving_since(robot, t0):
+    assert wait_for(lambda: len(robot.since("chunks", t0)) >= 3, 20.0), "no chunks"
+    assert wait_for(lambda: (len(v := robot.motion_since(t0)[2]) and np.abs(v).max() > 0.05), 20.0), \
+        "the arm never moved"
+
+
+
+__all__ = ["arm_halts_after", "moving_since", "states_of", "wait_state", "Host", "InProcessHost", "Robot", "fresh_episode", "host_config", "is_stop", "stamp_to_ns",
            "trajectory_times", "wait_for"]

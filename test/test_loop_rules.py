@@ -209,7 +209,10 @@ def test_blend_forgets_the_previous_chunk_on(event):
         rig.loop.reset()
     else:
         rig.loop.stop()
-        rig.loop.start()
+        rig.loop.start()        # the next episode: the engine back to its start-up state, the planner released
+        rig.feed()
+        for piece in rig.loop.scheduler.tasks["planner"].pieces:
+            piece()
     assert rig.loop._last_chunk is None
     # and the next chunk is the engine's own (nothing blended in from before)
     if event != "reset":

@@ -40,7 +40,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from flashrt_ros.engines.critic import CriticError, CriticGraph
 from flashrt_ros.engines.factory import make_engine
+from flashrt_ros.models.config import ModelConfig
+from flashrt_ros.models.critic import REFERENCE_CRITIC, load_critic
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
 from .inputs import Frame, LatestInputs, Stale, Unsynced
@@ -81,10 +84,42 @@ class ChunkOut:
     delay_steps: int = 0       # the inference delay d (control steps) estimated when it was computed
 
 
+@dataclass(frozen=True)
+class ValueReading:
+    """One critic reading (flashrt/value): the value of the observation stamped `stamp_ns`."""
+    stamp_ns: int
+    episode_id: int
+    value: float
+    episode_time_s: float      # the critic's time input: observation stamp - episode start
+    below: int                 # consecutive readings below the threshold, this one included
+    threshold: float
+    patience: int
+
+
+@dataclass(frozen=True)
+class EpisodeStateOut:
+    """A transition of the episode state machine (flashrt/episode_state, latched)."""
+    stamp_ns: int
+    episode_id: int
+    state: str
+    end_reason: str = ""       # once the episode ended: operator, critic, timeout, fault, reset, shutdown
+    detail: str = ""
+
+
+# The episode state machine (docs/design/critic.md). "start": the episode began, its first chunk
+# not issued yet; "stop_infer": an end was decided, the stop goes out and no chunk after it;
+# "record": the recording is closed with the end reason and value trace; "await_reset": the scene is
+# being reset (flashrt/reset_done, flashrt/start, or at once with reset_mode 'auto'); "reset": the
+# start-up capsule is restored (no recapture), then "start" again.
+EPISODE_STATES = ("idle", "start", "running", "stop_infer", "record", "await_reset", "reset")
+END_REASONS = ("operator", "critic", "timeout", "fault", "reset", "shutdown")
+
+
 class Outputs(Protocol):
     def publish_chunk(self, chunk: ChunkOut, ready_ns: int) -> None: ...
     def publish_stop(self, stop: TrajectoryOut) -> None: ...
     def publish_subtask(self, state, stamp_ns: int) -> None: ...
+    # optional (a harness may leave them out): publish_value(ValueReading), publish_episode_state(EpisodeStateOut)
 
 
 class PolicyLoop:
@@ -167,6 +202,23 @@ class PolicyLoop:
         self.fault_count, self.last_fault = 0, ""
         self.callback_error = RecentEvent()  # an exception caught in a ROS callback
         self.rejected_texts, self.last_rejected_text, self.last_rejected_text_at = 0, "", -math.inf
+        # the episode state machine and the critic
+        self.episode_state = "idle"
+        self.end_reason, self.end_detail = "", ""
+        self.ended = {r: 0 for r in END_REASONS}     # episodes ended, by reason
+        self._episode_start_ns = 0          # ROS time at the episode's start (the critic's time origin)
+        self._episode_start_clock = -math.inf   # clock() at the episode's start (episode_timeout_s)
+        self.critic = None                  # engines.critic.CriticGraph when 'critic' is set
+        self.values: list[tuple[int, float]] = []   # this episode's critic readings (stamp_ns, value)
+        self.value_below = 0                # consecutive readings below value_threshold
+        self.last_value: ValueReading | None = None
+        self.critic_readings = Meter()      # latency: the critic's replay + copy
+        self.critic_faults = 0
+        self.critic_error, self.critic_error_at = "", -math.inf
+        self._critic_stamp = -1             # the observation the critic last valued
+        self._issued_stamp = -1             # the observation of this episode's last issued chunk
+        self._critic_every = max(1, round(config.actor_hz / config.critic_hz))
+        self._since_critic = 0
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def configure(self, user: str, dispatch: bool = True) -> None:
@@ -220,8 +272,13 @@ class PolicyLoop:
         self.task_text = task
         self.horizon = cfg.horizon or mc.horizon
         self.dt = cfg.chunk_dt or mc.chunk_dt
+        self._check_advantage(engine)
+        self.critic = self._load_critic(engine) if cfg.critic else None
         self.engine = engine
         period_a, period_p = 1.0 / cfg.actor_hz, 1.0 / cfg.planner_hz
+        critic_task = [] if self.critic is None else [
+            Task("critic", [self._critic_cycle], period=None if self._by_observation else 1.0 / cfg.critic_hz,
+                 deadline=1.0 / cfg.critic_hz, enabled=False)]
         self.scheduler = MultiRateScheduler([
             # task, coaching and reset requests, applied in order before the next cycle
             Task("control", [self._run_pending], period=None, deadline=1e-3),
@@ -229,6 +286,7 @@ class PolicyLoop:
                  deadline=period_a, enabled=False),
             Task("planner", self._planner_pieces(engine), period=None if self._by_observation else period_p,
                  deadline=period_p, enabled=False),
+            *critic_task,
         ], on_error=self._on_task_error)
         if dispatch:
             self.scheduler.start()
@@ -237,13 +295,44 @@ class PolicyLoop:
                       f"{mc.n_cameras} camera(s) {mc.image_size}px, horizon {self.horizon} x dt {self.dt:g} s, "
                       f"actor {cfg.actor_hz:g} Hz, planner {cfg.planner_hz:g} Hz in {len(engine.planner_graphs)} piece(s)")
 
+    def _load_critic(self, engine):
+        """The critic graph beside the actor, over the engine's buffers (configure; raises)."""
+        cfg = self.config
+        path = REFERENCE_CRITIC if cfg.critic == "reference" else Path(cfg.critic).expanduser()
+        critic = load_critic(path)
+        mismatch = critic.config.mismatch(engine.config) if isinstance(engine.config, ModelConfig) else []
+        if mismatch:
+            raise ConfigError(f"parameter 'critic' = {cfg.critic!r}: the critic does not fit the policy: "
+                              + "; ".join(mismatch))
+        try:
+            graph = CriticGraph(engine, critic)
+        except CriticError as err:
+            raise ConfigError(f"parameter 'critic' = {cfg.critic!r}: {err}") from None
+        self.log.info(f"critic {critic.config.name!r} from {path} at {cfg.critic_hz:g} Hz: ends the episode when "
+                      f"its value is < {cfg.value_threshold:g} for {cfg.value_patience} readings")
+        return graph
+
+    def _check_advantage(self, engine) -> None:
+        """RECAP-style advantage conditioning: a checkpoint that takes an advantage input gets the
+        configured constant; one that does not refuses a number (docs/design/critic.md)."""
+        takes = bool(getattr(engine, "takes_advantage", False))
+        value = self.config.advantage.strip()
+        if takes and not value:
+            raise ConfigError("this actor checkpoint takes an advantage input (RECAP-style advantage "
+                              "conditioning): set parameter 'advantage' (the constant fed at run time)")
+        if value and not takes:
+            raise ConfigError(f"parameter 'advantage' = {value!r}: this actor checkpoint takes no advantage "
+                              f"input; leave 'advantage' empty")
+        if takes:
+            engine.set_advantage(float(value))
+
     def cleanup(self, user: str) -> None:
         """The last user to clean up stops the dispatcher and drops the engine."""
         with self._config_lock:
             self._users.discard(user)
             if self._users or self.engine is None:
                 return
-            self.stop(reason="cleanup")
+            self.stop(reason="cleanup", kind="shutdown")
             if self.scheduler is not None:
                 self.scheduler.stop()
             self.scheduler = None
@@ -260,13 +349,15 @@ class PolicyLoop:
             self.active[role] = active
             if self.scheduler is not None:
                 self.scheduler.set_enabled(role, active)
+                if role == "actor" and "critic" in self.scheduler.tasks:
+                    self.scheduler.set_enabled("critic", active)
             if role == "actor" and active:
                 self.holding, self.holding_stale = None, False
                 self.issuing_since = time.monotonic()
 
     def shutdown(self) -> None:
         """Stop the episode (a stop is published, the recording closed) and the dispatcher."""
-        self.stop(reason="shutdown")
+        self.stop(reason="shutdown", kind="shutdown")
         with self._config_lock:
             if self.scheduler is not None:
                 try:
@@ -284,7 +375,9 @@ class PolicyLoop:
         if inactive:
             return False, f"not ready: {' and '.join(inactive)} inactive"
         state = (f"episode {self.episode_id} interrupted ({self.interrupted})" if self.running and self.interrupted
-                 else f"episode {self.episode_id} running" if self.running else "no episode running")
+                 else f"episode {self.episode_id} running" if self.running
+                 else f"episode {self.episode_id} ended ({self.end_reason}), awaiting flashrt/reset_done"
+                 if self.episode_state == "await_reset" else "no episode running")
         return True, f"ready: {state}"
 
     def scheduler_summary(self) -> dict:
@@ -298,14 +391,18 @@ class PolicyLoop:
 
     # --- episode control (services, topics: short, never wait on an inference) --------------------
     def start(self) -> tuple[bool, str]:
-        """Start an episode, or resume one after an interrupt."""
+        """Start an episode, resume one after an interrupt, or (after an end) confirm the reset and
+        start the next one."""
         ready, why = self.readiness()
         if not ready:
             return False, why
         with self._lock:
-            if self.running and self.interrupted is None:
+            if self.episode_state == "await_reset":
+                self._restart("start requested")
+                message = f"episode {self.episode_id} started (engine reset to its start-up state)"
+            elif self.running and self.interrupted is None:
                 return True, f"episode {self.episode_id} already running"
-            if self.running:
+            elif self.running:
                 self.log.info(f"resuming episode {self.episode_id} after interrupt ({self.interrupted})")
                 self.interrupted = None
                 self.holding, self.holding_stale = None, False
@@ -314,25 +411,33 @@ class PolicyLoop:
             else:
                 self._begin_episode()
                 message = f"episode {self.episode_id} started"
-        self._release_planner()
-        if not self._by_observation:        # observation trigger: the next observation acts
-            self.scheduler.trigger("actor")
+        self._wake_cycles()
         return True, message
 
-    def stop(self, reason: str = "stop service") -> tuple[bool, str]:
-        """End the episode: no more chunks, a stop is published, the recording is closed."""
+    def stop(self, reason: str = "stop service", kind: str = "operator") -> tuple[bool, str]:
+        """End the episode (end reason `kind`): no more chunks, a stop is published, the recording
+        is closed; then await the reset."""
         with self._lock:
             if not self.running:
                 return True, "no episode running"
-            if self._issuing():
-                self._publish_stop(reason)
-            self._invalidate()
-            self.running = False
-            self.interrupted = None
             episode = self.episode_id
-            self._close_recording()
-        self.log.info(f"episode {episode} stopped ({reason})")
+            self._end(kind, reason)
         return True, f"episode {episode} stopped"
+
+    def reset_done(self) -> tuple[bool, str]:
+        """The scene was reset (flashrt/reset_done): restore the start-up capsule (no recapture) and
+        start the next episode."""
+        ready, why = self.readiness()
+        if not ready:
+            return False, why
+        with self._lock:
+            if self.episode_state != "await_reset":
+                return False, (f"not waiting for a reset: episode {self.episode_id} is {self.episode_state}"
+                               + (f" ({self.interrupted})" if self.interrupted else ""))
+            self._restart("reset confirmed")
+            episode = self.episode_id
+        self._wake_cycles()
+        return True, f"episode {episode} started"
 
     def interrupt(self, reason: str) -> None:
         """Stop now (a chunk in flight is discarded), publish a stop, wait for start()."""
@@ -348,32 +453,38 @@ class PolicyLoop:
 
     def reset(self) -> tuple[bool, str]:
         """Restore the engine's initial capsule (no recapture) and begin a new episode if one was
-        running (its recording is closed, a new one opened). Interrupt state is kept. A stop goes
-        out at once; the engine is reset on the dispatcher before its next cycle."""
+        running (it ends with reason 'reset', its recording is closed, a new one opened; an
+        interrupt is cleared). A stop goes out at once; the engine is reset on the dispatcher before its
+        next cycle. Not running (idle, or awaiting a reset): the engine is restored, no episode
+        starts (state 'idle')."""
         if self.engine is None:
             return False, "not configured"
         with self._lock:
-            if self._issuing():
-                self._publish_stop("reset")
+            was_running = self.running
+            if was_running:
+                self._end("reset", "reset service", then_auto=False)
             self._invalidate()
             self._coached_until = -math.inf
             self._acted_stamp = -1
             self.task_text = self.config.task
             self.holding, self.holding_stale, self.waiting = None, False, ""
-            if self.running:
-                self._close_recording()
-                self._begin_episode()
-            episode = self.episode_id
+            self._set_state("reset", self.end_reason if was_running else "", self.end_detail if was_running else "")
             self._submit(self._reset_engine)
+            if was_running:
+                self._begin_episode()
+            else:
+                self._set_state("idle")
+            episode = self.episode_id
         self._release_planner()
         self.log.info(f"reset: initial state restored (no recapture); episode {episode}"
                       f"{' running' if self.running else ''}")
         return True, f"reset to the initial state; episode {episode}" + (" running" if self.running else "")
 
-    def _reset_engine(self) -> None:
+    def _reset_engine(self, task: str | None = None) -> None:
         self.engine.reset()
-        if self.config.task:
-            self._set_engine_task(self.engine, self.config.task)
+        task = self.config.task if task is None else task
+        if task:
+            self._set_engine_task(self.engine, task)
 
     def _begin_episode(self) -> None:
         self.delay.restart()
@@ -382,9 +493,72 @@ class PolicyLoop:
         self.running = True
         self.interrupted = None
         self.holding, self.holding_stale, self.waiting = None, False, ""
+        self.end_reason, self.end_detail = "", ""
+        self._episode_start_ns, self._episode_start_clock = self.now_ns(), self.clock()
+        self.values, self.value_below, self.last_value = [], 0, None
+        self._critic_stamp = self._issued_stamp = -1
+        self._since_critic = 0
         self._invalidate()
         self._open_recording()
+        self._set_state("start")
         self.log.info(f"episode {self.episode_id} started")
+
+    def _end(self, kind: str, detail: str = "", then_auto: bool = True) -> None:
+        """End the running episode (caller holds _lock): stop_infer (a stop goes out, nothing is
+        issued after it), record (the recording is closed with the end reason and the value trace),
+        await_reset; with reset_mode 'auto' (and not an operator's stop) the next episode starts at
+        once."""
+        if not self.running:
+            return
+        self.end_reason, self.end_detail = kind, detail
+        self.ended[kind] = self.ended.get(kind, 0) + 1
+        self._set_state("stop_infer", kind, detail)
+        if self._issuing():
+            self._publish_stop(f"episode ended ({kind}{': ' + detail if detail else ''})")
+        self._invalidate()
+        self.running = False
+        self.interrupted = None
+        episode = self.episode_id
+        self._set_state("record", kind, detail)
+        self._close_recording()
+        self._set_state("await_reset", kind, detail)
+        message = f"episode {episode} ended: {kind}{' (' + detail + ')' if detail else ''}"
+        if kind in ("operator", "reset", "shutdown"):   # rclpy: one severity per call site
+            self.log.info(message)
+        else:
+            self.log.warning(message)
+        if then_auto and self.config.reset_mode == "auto" and kind not in ("operator", "reset", "shutdown"):
+            self._restart("reset_mode auto")
+            self._wake_cycles()
+
+    def _restart(self, why: str) -> None:
+        """await_reset -> reset -> start (caller holds _lock): the engine's start-up capsule is
+        restored on the dispatcher before its next cycle (no recapture) and the task re-applied."""
+        self._set_state("reset", self.end_reason, why)
+        self._invalidate()
+        self._coached_until = -math.inf
+        self._acted_stamp = -1
+        self.holding, self.holding_stale, self.waiting = None, False, ""
+        task = self.task_text
+        self._submit(lambda: self._reset_engine(task))
+        self._begin_episode()
+
+    def _wake_cycles(self) -> None:
+        self._release_planner()
+        if not self._by_observation and self.scheduler is not None:   # observation trigger: the next observation acts
+            self.scheduler.trigger("actor")
+
+    def announce_state(self) -> None:
+        """Publish the current episode state (the host does once its outputs exist: latched)."""
+        with self._lock:
+            self._set_state(self.episode_state, self.end_reason, self.end_detail)
+
+    def _set_state(self, state: str, end_reason: str = "", detail: str = "") -> None:
+        """A transition of the episode state machine: published (latched) and logged (caller holds _lock)."""
+        self.episode_state = state
+        publish = getattr(self.outputs, "publish_episode_state", None)
+        if publish is not None:
+            publish(EpisodeStateOut(self.now_ns(), self.episode_id, state, end_reason, detail))
 
     def _invalidate(self) -> None:
         """A chunk computed before now must not be issued, nor blended into (caller holds _lock)."""
@@ -506,7 +680,12 @@ class PolicyLoop:
     def _on_task_error(self, name: str, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}"
         self._fault(name, message)
-        if name == "planner":
+        if name == "critic":
+            self.critic_faults += 1
+            self.critic_error, self.critic_error_at = message, time.monotonic()
+            self.log.error(f"critic fault, the actor goes on (no critic ends until it recovers): {message}\n"
+                           + "".join(traceback.format_exception(exc)).rstrip(), throttle_duration_sec=5.0)
+        elif name == "planner":
             self.planner_error = message
             self.log.error(f"planner fault, the actor keeps the last good subtask: {message}\n"
                            + "".join(traceback.format_exception(exc)).rstrip())
@@ -520,10 +699,19 @@ class PolicyLoop:
         its own clock without the dispatcher (configure(dispatch=False)); flashrt-ros evaluate."""
         self._actor_cycle()
 
+    def critic_step(self) -> None:
+        """One critic reading now, in the caller's thread (configure(dispatch=False), evaluate); a
+        fault is handled as the dispatcher would (the critic's, never the actor's)."""
+        self._guarded_critic()
+
     def _actor_cycle(self) -> None:
         self._run_pending()
         with self._lock:
             if not self._issuing():
+                return
+            timeout = self.config.episode_timeout_s
+            if timeout > 0 and self.clock() - self._episode_start_clock >= timeout:
+                self._end("timeout", f"running for {timeout:g} s")
                 return
             problem = self.clock_problem()
             if problem is not None:
@@ -585,6 +773,52 @@ class PolicyLoop:
                 self._actor_fault("the model produced NaN/inf: chunk rejected")
                 return
             self._issue(result, obs, delay_steps)
+        if self._by_observation and self.critic is not None:
+            self._since_critic += 1
+            if self._since_critic >= self._critic_every:
+                self._since_critic = 0
+                self._guarded_critic()
+
+    # --- the critic ---------------------------------------------------------------------------------
+    def _guarded_critic(self) -> None:
+        """The critic in the actor's cycle (observation trigger, evaluate): a fault is the critic's."""
+        try:
+            self._critic_cycle()
+        except Exception as exc:
+            self._on_task_error("critic", exc)
+
+    def _critic_cycle(self) -> None:
+        """One critic reading of the observation the actor last issued a chunk for (once per
+        observation); `value_patience` readings below `value_threshold` in a row end the episode.
+        Its faults are its own (scheduler on_error -> _on_task_error): the actor never stops."""
+        self._run_pending()
+        with self._lock:
+            stamp = self._issued_stamp
+            if not self._issuing() or self.critic is None or stamp < 0 or stamp == self._critic_stamp:
+                return
+            self._critic_stamp = stamp
+            episode = self.episode_id
+            episode_time = max(0.0, (stamp - self._episode_start_ns) / 1e9)
+        with self._engine_lock:
+            value = self.critic.evaluate(episode_time)
+        self.critic_readings.add(self.critic.last_latency_s)
+        with self._lock:
+            if episode != self.episode_id or not self.running:
+                return
+            if self.critic_error:
+                self.log.info("critic recovered")
+                self.critic_error = ""
+            cfg = self.config
+            self.value_below = self.value_below + 1 if value < cfg.value_threshold else 0
+            reading = ValueReading(stamp, episode, value, episode_time, self.value_below, cfg.value_threshold,
+                                   cfg.value_patience)
+            self.values.append((stamp, value))
+            self.last_value = reading
+            publish = getattr(self.outputs, "publish_value", None)
+            if publish is not None:
+                publish(reading)
+            if self.value_below >= cfg.value_patience and self.interrupted is None:
+                self._end("critic", f"value {value:.3f} < {cfg.value_threshold:g} for {self.value_below} readings")
 
     def _plan_in_cycle(self, obs) -> None:
         """Observation trigger: the planner runs here, on the observation's images, before the
@@ -657,6 +891,9 @@ class PolicyLoop:
             self._sent, self._sent_from = trajectory, q0
             self._moving = True
         self._last_chunk = (obs.stamp_ns, self.dt, commanded, velocities)
+        self._issued_stamp = obs.stamp_ns
+        if self.episode_state == "start":
+            self._set_state("running")
         self.inference.add(result.latency_s)
         self.chunks.add((ready_ns - obs.stamp_ns) / 1e9)
         self.delay.add((ready_ns - obs.stamp_ns) / 1e9)
@@ -775,6 +1012,9 @@ class PolicyLoop:
         self.actor_error, self.actor_error_at = message, time.monotonic()
         self._fault("actor", message)
         self.log.error(f"actor: {message}", throttle_duration_sec=1.0)
+        if self.config.end_on_fault and self.running:
+            self._end("fault", message)
+            return
         self._hold(f"actor fault: {message}")
 
     def _fault(self, source: str, message: str) -> None:
@@ -874,6 +1114,12 @@ class PolicyLoop:
         self.log.info(f"recording episode {self.episode_id} to {self.recording_path}")
 
     def _close_recording(self) -> None:
+        """Close the episode's bag; its metadata gets the end reason and the value trace (the
+        flashrt/value messages are in the bag too)."""
         if self.recorder is not None and self.recording_path:
-            self.recorder.close()
+            values = [round(v, 4) for _, v in self.values]
+            self.recorder.close(custom_data={
+                "end_reason": self.end_reason, "end_detail": self.end_detail,
+                "value_trace": " ".join(f"{(t - self._episode_start_ns) / 1e9:.2f}:{v}"
+                                        for (t, _), v in zip(self.values, values))})
             self.log.info(f"recording closed: {self.recording_path}")

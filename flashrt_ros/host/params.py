@@ -77,6 +77,15 @@ def _text(v: str) -> str | None:
     return None if len(v.encode("utf-8")) <= MAX_TEXT_BYTES else f"at most {MAX_TEXT_BYTES} bytes"
 
 
+def _advantage(v: str) -> str | None:
+    if not v.strip():
+        return None
+    try:
+        return None if math.isfinite(float(v)) else "'' or a finite number"
+    except ValueError:
+        return "'' or a finite number"
+
+
 MODELS = ("flashrt", "lerobot_pi0", "lerobot_pi05", "lerobot_smolvla")
 
 PARAMS: tuple[Param, ...] = (
@@ -174,6 +183,25 @@ PARAMS: tuple[Param, ...] = (
     Param("record_image_every", int, 5, "record every Nth image of each camera", _in(1, 1000000)),
     Param("record_joint_states_every", int, 1, "record every Nth /joint_states message", _in(1, 1000000)),
     Param("diagnostics_hz", float, 1.0, "/diagnostics publications per second", _in(0.0, 100.0, True, "Hz")),
+    # --- episode state machine and the critic (docs/design/critic.md) ---------------------------------
+    Param("episode_timeout_s", float, 0.0, "an episode running this long ends (end reason 'timeout'); 0 = never",
+          _in(0.0, 1e7, unit="s")),
+    Param("end_on_fault", bool, False, "an actor fault (exception, NaN chunk) ends the episode (end reason 'fault') "
+          "instead of holding until the next good chunk"),
+    Param("reset_mode", str, "service", "after an episode ends: 'service' waits for flashrt/reset_done (or "
+          "flashrt/start) before the next episode; 'auto' starts it at once (not after an operator stop)",
+          _one_of("service", "auto")),
+    Param("critic", str, "", "value critic beside the actor: '' = none, 'reference' = the shipped tabletop critic, "
+          "or a critic directory (config.json + critic.safetensors, flashrt_ros/models/critic.py)"),
+    Param("critic_hz", float, 2.0, "critic readings per second (each of the observation the actor last acted on)",
+          _in(0.0, 1000.0, True, "Hz")),
+    Param("value_threshold", float, 0.25, "the critic ends the episode (end reason 'critic') when its value is "
+          "below this for value_patience consecutive readings", _in(0.0, 1.0)),
+    Param("value_patience", int, 4, "consecutive critic readings below value_threshold that end the episode",
+          _in(1, 1000000)),
+    Param("advantage", str, "", "RECAP-style advantage conditioning: the constant (a number) fed to an actor "
+          "checkpoint that takes an advantage input; '' = none. A checkpoint without such an input refuses a "
+          "number, one with it refuses ''", _advantage),
 )
 SPECS: dict[str, Param] = {p.name: p for p in PARAMS}
 # Per-item parameters `<group>.<item>.<key>`: the item must be listed (cameras, controllers) or be a
@@ -277,6 +305,14 @@ class HostConfig:
     record_image_every: int = 5
     record_joint_states_every: int = 1
     diagnostics_hz: float = 1.0
+    episode_timeout_s: float = 0.0
+    end_on_fault: bool = False
+    reset_mode: str = "service"
+    critic: str = ""
+    critic_hz: float = 2.0
+    value_threshold: float = 0.25
+    value_patience: int = 4
+    advantage: str = ""
     # where each value came from ("default", "params file <path>", "environment FLASHRT_X", "command line")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -424,6 +460,11 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
         if policy_type != values["model"][len("lerobot_"):]:
             raise ConfigError(f"parameter 'model' = {values['model']!r} (from {sources['model']}), but "
                               f"{values['checkpoint']}/config.json is a {policy_type!r} policy")
+    critic = values["critic"].strip()
+    if critic and critic != "reference" and not Path(critic).expanduser().is_dir():
+        raise ConfigError(f"parameter 'critic' = {critic!r} (from {sources['critic']}) is neither 'reference' "
+                          f"nor a directory")
+    values["critic"] = critic
     if values["tokenizer"] and not Path(values["tokenizer"]).expanduser().is_file():
         raise ConfigError(f"parameter 'tokenizer' = {values['tokenizer']!r} (from {sources['tokenizer']}) "
                           f"is not a file")

@@ -45,7 +45,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
 PACKAGE = "flashrt_ros"
-CUSTOM_TYPES = ("ActionChunk", "Subtask")  # msg/<name>.msg -> flashrt_ros/msg/<name>
+CUSTOM_TYPES = ("ActionChunk", "Subtask", "Value", "EpisodeState")  # msg/<name>.msg -> flashrt_ros/msg/<name>
 ACTION_CHUNK_TYPE = f"{PACKAGE}/msg/ActionChunk"
 
 # A summary-less MCAP end: DataEnd record (op 0x0F, crc 0), Footer record (op 0x02,
@@ -431,11 +431,13 @@ class EpisodeRecorder:
             if not self.closed:
                 self._writer.flush()
 
-    def close(self, fsync: bool = True) -> None:
-        """Finish the bag (summary, indexes, metadata) and, with `fsync`, force it to disk.
-        Idempotent."""
+    def close(self, fsync: bool = True, custom_data: Mapping[str, str] | None = None) -> None:
+        """Finish the bag (summary, indexes, metadata, plus `custom_data` in metadata.yaml, e.g.
+        the episode's end reason) and, with `fsync`, force it to disk. Idempotent."""
         with self._lock:
             if not self.closed:
+                for key, value in (custom_data or {}).items():
+                    self._writer.set_custom_data(str(key), str(value))
                 for topic, data in self._unstamped:  # no time ever came: logged at 0
                     self._write(topic, data)
                 self._unstamped.clear()
@@ -495,8 +497,8 @@ class AsyncRecorder:
     def write(self, topic: str, msg, stamp_ns: int, droppable: bool = False) -> None:
         self._put(("write", (topic, msg, stamp_ns)), droppable)
 
-    def close(self) -> None:
-        self._put(("close", None), False)
+    def close(self, custom_data: Mapping[str, str] | None = None) -> None:
+        self._put(("close", dict(custom_data or {})), False)
 
     def _put(self, item, droppable: bool) -> None:
         with self._cond:
@@ -565,9 +567,9 @@ class AsyncRecorder:
             directory, episode_id, topics, kwargs = payload
             self._recorder = EpisodeRecorder(directory, episode_id, topics, **kwargs)
         elif kind == "close":
-            self._close_current()
+            self._close_current(payload)
 
-    def _close_current(self) -> None:
+    def _close_current(self, custom_data: Mapping[str, str] | None = None) -> None:
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
-            recorder.close(fsync=True)
+            recorder.close(fsync=True, custom_data=custom_data)

@@ -51,6 +51,11 @@ class Meter:
             lat = np.asarray(self._latencies, dtype=np.float64)
         return [float(np.percentile(lat, q)) if lat.size else float("nan") for q in qs]
 
+    def latencies(self) -> np.ndarray:
+        """The latencies kept (the newest maxlen), seconds."""
+        with self._lock:
+            return np.asarray(self._latencies, dtype=np.float64)
+
     def intervals(self) -> np.ndarray:
         with self._lock:
             return np.diff(np.asarray(self._times, dtype=np.float64))

@@ -9,8 +9,9 @@ Iron and later), so time spent queued in the executor counts against freshness. 
 topics; activate starts issuing chunks (when an episode runs); deactivate stops issuing at the
 chunk boundary and publishes a stop, keeping the episode and the engine state.
 
-Services (std_srvs/Trigger): flashrt/start, flashrt/stop, flashrt/reset, flashrt/ready; they and
-/diagnostics answer in every lifecycle state.
+Services (std_srvs/Trigger): flashrt/start, flashrt/stop, flashrt/reset, flashrt/reset_done,
+flashrt/ready; they, /diagnostics and flashrt/episode_state (latched: the episode state machine,
+docs/design/critic.md) answer in every lifecycle state. flashrt/value: the critic's readings.
 """
 from __future__ import annotations
 
@@ -23,27 +24,32 @@ from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from flashrt_ros.msg import ActionChunk
+from flashrt_ros.msg import ActionChunk, EpisodeState, Value
 
 from flashrt_ros.host.loop import PolicyLoop
 from flashrt_ros.host.params import CameraConfig, ControllerConfig
 from flashrt_ros.host.status import Meter
 
-from .conversions import (InputError, chunk_msg, forward_command_msg, image_from_compressed, image_from_msg,
-                          joint_trajectory_msg, joint_values_from_msg, stamp_to_ns)
+from .conversions import (InputError, chunk_msg, episode_state_msg, forward_command_msg, image_from_compressed,
+                          image_from_msg, joint_trajectory_msg, joint_values_from_msg, stamp_to_ns, value_msg)
 from .diagnostics import build_report
 from .params import declare_host_parameters, host_parameter_overrides
 
 INTERRUPT_TOPIC = "flashrt/interrupt"
 ACTION_CHUNK_TOPIC = "flashrt/action_chunk"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+VALUE_TOPIC = "flashrt/value"
+EPISODE_STATE_TOPIC = "flashrt/episode_state"
+# Transient local, the last 10: a late subscriber gets the current state (the newest), and one that
+# keeps up sees every transition (an end is three in a row: stop_infer, record, await_reset).
+STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # Reliable, newest only: a lost fragment of a large image is repaired instead of the image dropped.
 # Depth 5: a burst of frames while the executor is busy (~150 ms at 30 Hz) is kept, so the cameras'
 # rings still hold frames that match each other.
@@ -89,8 +95,13 @@ class ActorNode(LifecycleNode):
             self.create_service(Trigger, "flashrt/start", self._on_start, callback_group=self._control_group),
             self.create_service(Trigger, "flashrt/stop", self._on_stop, callback_group=self._control_group),
             self.create_service(Trigger, "flashrt/reset", self._on_reset, callback_group=self._control_group),
+            self.create_service(Trigger, "flashrt/reset_done", self._on_reset_done, callback_group=self._control_group),
             self.create_service(Trigger, "flashrt/ready", self._on_ready, callback_group=self._control_group),
         ]
+        self._value_pub = self.create_publisher(Value, VALUE_TOPIC, 10)
+        self._state_pub = self.create_publisher(EpisodeState, EPISODE_STATE_TOPIC, STATE_QOS)
+        loop.record_topics["value"] = (self._value_pub.topic_name, Value)
+        loop.record_topics["episode_state"] = (self._state_pub.topic_name, EpisodeState)
         self.input_delay = Meter()      # DDS reception -> callback: the executor's backlog
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
         # A steady clock: diagnostics (and the watchdog in them) go on while /clock pauses.
@@ -262,6 +273,11 @@ class ActorNode(LifecycleNode):
         response.success, response.message = self.loop.reset()
         return response
 
+    @guarded("/flashrt/reset_done", service=True)
+    def _on_reset_done(self, request, response):
+        response.success, response.message = self.loop.reset_done()
+        return response
+
     @guarded("/flashrt/ready", service=True)
     def _on_ready(self, request, response):
         response.success, response.message = self.loop.readiness()
@@ -281,6 +297,16 @@ class ActorNode(LifecycleNode):
 
     def publish_stop(self, stop) -> None:
         self._publish_trajectory(stop, stop.stamp_ns)
+
+    def publish_value(self, reading) -> None:
+        msg = value_msg(reading)
+        self._value_pub.publish(msg)
+        self.loop.record("value", msg)
+
+    def publish_episode_state(self, state) -> None:
+        msg = episode_state_msg(state)
+        self._state_pub.publish(msg)
+        self.loop.record("episode_state", msg, state.stamp_ns)
 
     def _publish_trajectory(self, trajectory, stamp_ns: int) -> None:
         # every group's message is built (and so checked) before any is published

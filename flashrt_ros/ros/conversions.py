@@ -194,6 +194,23 @@ def chunk_msg(chunk, joint_names: Sequence[str]) -> ActionChunk:
                             delay_steps=chunk.delay_steps)
 
 
+def value_msg(reading):
+    """A host.loop.ValueReading as flashrt_ros/Value."""
+    from flashrt_ros.msg import Value  # noqa: PLC0415 (generated at build time)
+    msg = Value(episode_id=int(reading.episode_id), value=float(reading.value),
+                episode_time=float(reading.episode_time_s), threshold=float(reading.threshold),
+                below=int(reading.below), patience=int(reading.patience))
+    msg.header.stamp = ns_to_stamp(reading.stamp_ns)
+    return msg
+
+
+def episode_state_msg(state):
+    """A host.loop.EpisodeStateOut as flashrt_ros/EpisodeState."""
+    from flashrt_ros.msg import EpisodeState  # noqa: PLC0415
+    return EpisodeState(stamp=ns_to_stamp(state.stamp_ns), episode_id=int(state.episode_id), state=state.state,
+                        end_reason=state.end_reason, detail=state.detail)
+
+
 def joint_trajectory_msg(trajectory, joint_names: Sequence[str], columns=None) -> JointTrajectory:
     """A host.loop.TrajectoryOut as JointTrajectory: header.stamp = its stamp, point i at
     time_from_start times[i], positions + velocities. `columns`: the indices of `joint_names` in

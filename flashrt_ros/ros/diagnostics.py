@@ -45,6 +45,8 @@ def build_report(loop: "PolicyLoop", stamp_ns: int, node=None) -> DiagnosticArra
     namespace = node.get_namespace().rstrip("/") if node is not None else ""
     statuses = [_host_status(loop, node, now), _actor_status(loop, now), _planner_status(loop, now),
                 _inputs_status(loop, now)]
+    if loop.critic is not None:
+        statuses.append(_critic_status(loop, now))
     for status in statuses:
         status.name = f"flashrt{namespace}: {status.name}"
         status.hardware_id = HARDWARE_ID + namespace
@@ -72,6 +74,8 @@ def _host_status(loop: "PolicyLoop", node, now: float) -> DiagnosticStatus:
         "ready": str(ready).lower(), "configured": str(loop.engine is not None).lower(),
         "actor_active": str(loop.active["actor"]).lower(), "planner_active": str(loop.active["planner"]).lower(),
         "episode_id": loop.episode_id, "episode_running": str(loop.running).lower(),
+        "episode_state": loop.episode_state, "end_reason": loop.end_reason, "end_detail": loop.end_detail,
+        **{f"episodes_ended.{k}": v for k, v in loop.ended.items()},
         "interrupted": loop.interrupted or "", "recording": loop.recording_path or "",
         "device": str(loop.engine.device) if loop.engine is not None else "",
         "configure_error": loop.configure_error or "",
@@ -145,6 +149,29 @@ def _stalled(loop: "PolicyLoop", now: float) -> str:
         return ""
     return (f"watchdog: no chunk for {since:.2f} s while the inputs are fresh "
             f"({WATCHDOG_PERIODS} actor periods = {limit:.2f} s)")
+
+
+def _critic_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
+    sched = loop.scheduler_summary().get("critic", {})
+    p50, p99 = loop.critic_readings.percentiles(50, 99)
+    last = loop.last_value
+    cfg = loop.config
+    values = {
+        "target_hz": f"{cfg.critic_hz:g}", "rate_hz": f"{loop.critic_readings.rate(now):.2f}",
+        "latency_p50_ms": _ms(p50), "latency_p99_ms": _ms(p99),
+        "deadline_misses": sched.get("deadline_misses", 0),
+        "value": f"{last.value:.4f}" if last else "", "below": loop.value_below,
+        "value_threshold": f"{cfg.value_threshold:g}", "value_patience": cfg.value_patience,
+        "readings_this_episode": len(loop.values), "faults": loop.critic_faults, "last_error": loop.critic_error,
+    }
+    if loop.critic_error and now - loop.critic_error_at <= RECENT_S:
+        level, message = ERROR, f"critic fault (the actor goes on; no critic ends meanwhile): {loop.critic_error}"
+    elif last is None:
+        level, message = OK, "no reading yet this episode"
+    else:
+        level, message = OK, (f"value {last.value:.3f} (episode {last.episode_id}, {last.below}/{cfg.value_patience} "
+                              f"below {cfg.value_threshold:g})")
+    return _status("critic", level, message, values)
 
 
 def _planner_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:

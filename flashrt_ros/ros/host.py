@@ -44,6 +44,7 @@ class Host:
         self.loop.log = self.actor.get_logger()
         self.loop.now_ns = self.actor.now_ns
         self.loop.outputs = self
+        self.loop.announce_state()
         self.recorder = AsyncRecorder() if config.record_dir else None
         self.loop.recorder = self.recorder
         self.gc = GcMonitor()
@@ -66,6 +67,12 @@ class Host:
 
     def publish_subtask(self, state, stamp_ns: int) -> None:
         self.planner.publish_subtask(state, stamp_ns)
+
+    def publish_value(self, reading) -> None:
+        self.actor.publish_value(reading)
+
+    def publish_episode_state(self, state) -> None:
+        self.actor.publish_episode_state(state)
 
     # --- bring-up ------------------------------------------------------------------------------------
     def bring_up(self, start_episode: bool = True) -> bool:

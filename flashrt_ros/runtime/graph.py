@@ -19,6 +19,8 @@ class GraphError(RuntimeError):
 
 
 class StaticGraph:
+    captures = 0        # graphs captured in this process (a reset must not add any)
+
     def __init__(
         self,
         name: str,
@@ -72,6 +74,7 @@ class StaticGraph:
                 self._cuda_graph = graph
         self._fingerprint = self.buffers.fingerprint(names)
         self._generation = self.buffers.generation
+        StaticGraph.captures += 1
         return self
 
     def replay(self, stream: "torch.cuda.Stream | None" = None) -> None:

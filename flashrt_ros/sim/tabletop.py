@@ -103,6 +103,8 @@ class TabletopWorld:
         self.task = tuple(COLOURS[i] for i in order)
         self.position = self._sample_start(rng)
         self.visited: list[str] = []
+        self.removed: set[str] = set()     # targets knocked off the table (failure injection)
+        self.jammed: set[int] = set()      # joints that no longer move (failure injection)
         self.time = 0.0
         self.steps = 0
         self.follower = TrajectoryFollower(len(JOINT_NAMES), self.position, time=FOLLOWER_CLOCK_OFFSET)
@@ -133,6 +135,22 @@ class TabletopWorld:
         self._trail[-1] = self.position.copy()
         if n_visited is not None:
             self.visited = list(self.task[:n_visited])
+
+    def knock_off(self, colour: str) -> None:
+        """A failure: the target falls off the table. It is no longer drawn and can never be visited."""
+        if colour not in self.targets:
+            raise ValueError(f"no target {colour!r}; have {sorted(self.targets)}")
+        self.removed.add(colour)
+
+    def jam(self, joint: int) -> None:
+        """A failure: joint `joint` stops moving (a seized actuator); the others go on."""
+        if not 0 <= joint < len(JOINT_NAMES):
+            raise ValueError(f"joint index {joint} out of range 0..{len(JOINT_NAMES) - 1}")
+        self.jammed.add(int(joint))
+
+    def push(self, position) -> None:
+        """A disturbance: the robot is moved to `position` (a bump); what was visited stays visited."""
+        self.set_state(position)
 
     # --- properties ------------------------------------------------------------------------
     @property
@@ -215,7 +233,9 @@ class TabletopWorld:
         goal, velocity = self.follower.sample(end)
         previous = self.position
         wanted = goal.astype(np.float32) - previous  # float32 as the robot's position
-        delta = wanted
+        delta = wanted.copy()
+        for j in self.jammed:
+            delta[j] = 0.0
         reach = self.config.max_speed * self.config.dt
         distance = float(np.linalg.norm(delta))
         if distance > reach:
@@ -229,7 +249,7 @@ class TabletopWorld:
         self.time = self.steps * self.config.dt  # no accumulated float drift
         self._trail.append(self.position.copy())
         nxt = self.next_target
-        if nxt is not None and np.linalg.norm(self.position - self.targets[nxt]) <= self.config.visit_radius:
+        if nxt is not None and nxt not in self.removed and np.linalg.norm(self.position - self.targets[nxt]) <= self.config.visit_radius:
             self.visited.append(nxt)
         return self.observation()
 
@@ -240,6 +260,8 @@ class TabletopWorld:
         image = np.empty((cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
         image[:] = TABLE_RGB
         for colour in COLOURS:
+            if colour in self.removed:
+                continue
             x, y = self.targets[colour]
             d = np.hypot(self._pixel_x - x, self._pixel_y - y)
             mask = d <= cfg.target_radius

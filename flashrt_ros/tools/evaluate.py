@@ -34,6 +34,7 @@ import torch
 
 from ..models import REFERENCE_WEIGHTS, EagerPolicy
 from ..sim import CoachEvent, EpisodeResult, ExpertPolicy, TabletopWorld, WorldConfig, expert_subtask, run_episode
+from ..sim.failures import Injection, apply_injection, draw_injection
 from ..sim.tabletop import FOLLOWER_CLOCK_OFFSET
 
 HELD_OUT_SEED_START = 1_000_000
@@ -141,6 +142,10 @@ class LoopEpisode:
     boundaries: list[Boundary] = field(default_factory=list)
     jerk_rms: float = float("nan")   # RMS jerk of the executed commands over the whole episode
     delay_steps: list[int] = field(default_factory=list)   # the loop's d estimate per chunk
+    injection: str = "none"            # the failure injected (sim/failures.py), "none" without
+    end_reason: str = ""               # the loop's, when it ended the episode (critic, timeout, ...)
+    values: list[tuple[float, float]] = field(default_factory=list)   # critic readings (world s, value)
+    trajectory: list[tuple[float, float]] = field(default_factory=list)  # robot position per step
 
 
 class _SimClock:
@@ -157,7 +162,8 @@ class LoopHarness:
 
     def __init__(self, *, overlap_policy: str = "replace", rtc_mode: str = "guided", delay_ms: float = 0.0,
                  checkpoint: str = "", actor_hz: float = 10.0, planner_hz: float = 2.0, extra_params=(),
-                 world_config: WorldConfig | None = None):
+                 world_config: WorldConfig | None = None, critic: str = "", critic_hz: float = 2.0,
+                 inject: bool = False):
         from flashrt_ros.host.loop import PolicyLoop          # noqa: PLC0415 (host only for this mode)
         from flashrt_ros.host.params import load_config       # noqa: PLC0415
         self.world = TabletopWorld(world_config or WorldConfig())
@@ -168,7 +174,9 @@ class LoopHarness:
         self.delay_ticks = delay_ns // self.dt_ns
         self.actor_ticks = max(1, int(round(1.0 / (actor_hz * self.world.config.dt))))
         self.planner_ticks = max(1, int(round(1.0 / (planner_hz * self.world.config.dt))))
-        params = [("device", "cpu"), ("task", ""), ("actor_hz", f"{actor_hz:g}"), ("planner_hz", f"{planner_hz:g}"),
+        self.critic_ticks = max(1, int(round(1.0 / (critic_hz * self.world.config.dt))))
+        self.inject = inject
+        params = [("critic", critic), ("critic_hz", f"{critic_hz:g}"),("device", "cpu"), ("task", ""), ("actor_hz", f"{actor_hz:g}"), ("planner_hz", f"{planner_hz:g}"),
                   ("overlap_policy", overlap_policy), ("rtc_mode", rtc_mode), ("checkpoint", checkpoint),
                   # inputs are as old as the delay when the next cycle runs: never stale here
                   ("camera_timeout_s", "5.0"), ("joint_state_timeout_s", "5.0"), *extra_params]
@@ -201,6 +209,8 @@ class LoopHarness:
         w.step()
         self.clock.ns = ORIGIN_NS + w.steps * self.dt_ns
         self._commands.append(w.chunk_target(w.time).astype(np.float64))
+        if self._episode is not None:
+            self._episode.trajectory.append(tuple(float(x) for x in w.position))
 
     def _delayed_act(self, *args, **kwargs):
         t0 = time.perf_counter()
@@ -271,14 +281,21 @@ class LoopHarness:
         loop.set_task(w.task_text)
         self.engine.chunk_io.seed = int(seed)     # the flow noise: (episode seed, chunk index)
         loop.chunk_seq = 0
-        ep = self._episode = LoopEpisode(seed, w.task, False, 0.0, (), 0, 0, 0)
+        injection = draw_injection(seed) if self.inject else Injection("none")
+        inject_at = int(round(injection.time / w.config.dt)) if injection.kind != "none" else -1
+        ep = self._episode = LoopEpisode(seed, w.task, False, 0.0, (), 0, 0, 0, injection=injection.describe())
         dropped0 = loop.dropped_actions
         ok, why = loop.start()
         if not ok:
             raise RuntimeError(f"the loop did not start an episode: {why}")
         limit = int(round(w.config.time_limit / w.config.dt))
-        next_plan = next_act = 0
-        while not w.done and w.steps < limit:
+        next_plan = next_act = next_critic = 0
+        ep.trajectory.append(tuple(float(x) for x in w.position))
+        while not w.done and w.steps < limit and loop.running:
+            if w.steps == inject_at:
+                coaching = apply_injection(w, injection)
+                if coaching is not None:
+                    loop.coach(coaching)          # held until the next task (coach_hold_s 0)
             if w.steps >= next_plan:
                 self._feed()
                 self._plan()
@@ -288,9 +305,14 @@ class LoopHarness:
                 self._feed()
                 loop.step()                       # the loop's own cycle: its rules, overlap and limits
                 next_act = started + self.actor_ticks
+                if loop.critic is not None and started >= next_critic:
+                    loop.critic_step()            # between actor releases, on the observation just acted on
+                    next_critic = started + self.critic_ticks
                 if w.steps > started:             # the delay passed inside the cycle
                     continue
             self._tick()
+        ep.end_reason = loop.end_reason if not loop.running else ""
+        ep.values = [(self._world_s(t), v) for t, v in loop.values]
         self._episode = None
         ep.success, ep.time, ep.visited = w.success, w.time, tuple(w.visited)
         ep.dropped_actions = loop.dropped_actions - dropped0
@@ -309,12 +331,11 @@ class LoopHarness:
         self.loop.cleanup("evaluate")
 
 
-def _percentiles(values) -> dict:
-    v = np.asarray([x for x in values if x == x], np.float64)
+def _percentiles(values, q=(50, 95)) -> dict:
+    v = np.asarray([x for x in values if x is not None and x == x], np.float64)
     if not len(v):
-        return {"p50": None, "p95": None, "max": None, "n": 0}
-    return {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max()),
-            "n": int(len(v))}
+        return {**{f"p{p}": None for p in q}, "max": None, "n": 0}
+    return {**{f"p{p}": float(np.percentile(v, p)) for p in q}, "max": float(v.max()), "n": int(len(v))}
 
 
 def boundary_figures(episodes: list[LoopEpisode]) -> dict:
@@ -360,6 +381,74 @@ def evaluate_loop(seeds, **harness_args) -> dict:
     }
 
 
+def _prefix_equal(a: list, b: list) -> bool:
+    n = min(len(a), len(b))
+    return n > 0 and a[:n] == b[:n]
+
+
+def evaluate_critic(seeds, critic: str = "reference", critic_hz: float = 2.0, early_s: float = 2.0,
+                    **harness_args) -> dict:
+    """Held-out episodes with failures injected (sim/failures.py), run twice through the host: without
+    the critic (what each episode would have done: success or a failure at the time limit, and the
+    actor's latency alone) and with it (where its value ended the episode). The two runs are the same
+    episode up to the critic's end (same noise, same simulated clock; checked on the robot's path)."""
+    started = time.time()
+    runs = {}
+    summaries = {}
+    for name, critic_dir in (("without", ""), ("with", critic)):
+        harness = LoopHarness(inject=True, critic=critic_dir, critic_hz=critic_hz, **harness_args)
+        try:
+            runs[name] = [harness.run_episode(s) for s in seeds]
+        finally:
+            harness.close()
+        summaries[name] = {"actor_inference_ms": _percentiles(np.asarray(harness.inference_s) * 1e3, q=(50, 99)),
+                           "wall_s": round(time.time() - started, 1)}
+        if critic_dir:
+            lat = harness.loop.critic_readings.latencies() * 1e3
+            summaries[name]["critic_ms"] = _percentiles(lat, q=(50, 99))
+    limit = WorldConfig().time_limit
+    episodes, failing, succeeding = [], [], []
+    for base, crit in zip(runs["without"], runs["with"]):
+        ended = crit.end_reason == "critic"
+        row = {"seed": base.seed, "injection": base.injection, "would_succeed": bool(base.success),
+               "time_without_s": round(base.time, 2), "ended_by_critic": ended,
+               "end_time_s": round(crit.time, 2) if ended else None,
+               "lead_s": round(limit - crit.time, 2) if ended else None,
+               "success_with_critic": bool(crit.success),
+               "same_path_until_end": _prefix_equal(base.trajectory, crit.trajectory),
+               "min_value": round(min((v for _, v in crit.values), default=float("nan")), 4)}
+        episodes.append(row)
+        (succeeding if base.success else failing).append(row)
+    early = [r for r in failing if r["ended_by_critic"] and r["lead_s"] >= early_s]
+    false_ends = [r for r in succeeding if r["ended_by_critic"]]
+    kinds = sorted({r["injection"].split(" at ")[0] for r in episodes})
+    by_kind = {}
+    for k in kinds:
+        rows = [r for r in episodes if r["injection"].split(" at ")[0] == k]
+        by_kind[k] = {"episodes": len(rows), "failing": sum(not r["would_succeed"] for r in rows),
+                      "failing_ended_early": sum((not r["would_succeed"]) and r["ended_by_critic"]
+                                                 and r["lead_s"] >= early_s for r in rows),
+                      "succeeding_ended": sum(r["would_succeed"] and r["ended_by_critic"] for r in rows)}
+    a0, a1 = summaries["without"]["actor_inference_ms"], summaries["with"]["actor_inference_ms"]
+    return {
+        "episodes": len(episodes), "failing": len(failing), "would_succeed": len(succeeding),
+        "failing_ended_early": len(early),
+        "failing_ended_early_fraction": len(early) / len(failing) if failing else None,
+        "lead_s": _percentiles([r["lead_s"] for r in early]),
+        "succeeding_ended": len(false_ends),
+        "succeeding_ended_fraction": len(false_ends) / len(succeeding) if succeeding else None,
+        "succeeding_ended_seeds": [r["seed"] for r in false_ends],
+        "missed_failing_seeds": [r["seed"] for r in failing if r not in early],
+        "same_path_until_end": all(r["same_path_until_end"] for r in episodes),
+        "by_injection": by_kind,
+        "actor_inference_ms_without_critic": a0, "actor_inference_ms_with_critic": a1,
+        "actor_p99_ratio": (a1["p99"] / a0["p99"]) if a0.get("p99") else None,
+        "critic_ms": summaries["with"].get("critic_ms"),
+        "early_s": early_s, "time_limit_s": limit,
+        "per_episode": episodes, "wall_s": round(time.time() - started, 1),
+    }
+
+
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -387,6 +476,11 @@ def main(argv=None) -> int:
                         help="another host parameter, e.g. --set rtc_execution_horizon=8 (repeatable)")
     parser.add_argument("--json", default="", help="write the summary here")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--critic", nargs="?", const="reference", default="",
+                        help="evaluate a value critic ('reference' or a critic directory) on held-out episodes with "
+                             "failures injected: episodes it ended early, and how early; episodes it ended that would "
+                             "have succeeded; the actor's latency with and without it (each episode run twice)")
+    parser.add_argument("--critic-hz", type=float, default=2.0)
     parser.add_argument("--eager", action="store_true",
                         help="the models alone, without the host (+ planner accuracy, coaching); of the options "
                              "above only --episodes, --seed-start, --checkpoint and --threads apply")
@@ -401,6 +495,8 @@ def main(argv=None) -> int:
         name, _, value = item.partition("=")
         extra.append((name.strip(), value.strip()))
     extra.append(("cpu_threads", str(args.threads)))
+    if args.critic:
+        return critic_main(args, extra, argv)
     summary = evaluate_loop(held_out_seeds(args.episodes, args.seed_start), overlap_policy=args.overlap_policy,
                             rtc_mode=args.rtc_mode, delay_ms=args.delay_ms, checkpoint=args.checkpoint,
                             actor_hz=args.actor_hz, planner_hz=args.planner_hz, extra_params=extra)
@@ -421,6 +517,38 @@ def main(argv=None) -> int:
           f"d p50 {summary['delay_steps']['p50']}; {summary['wall_s']:.0f} s")
     if summary["failed_seeds"]:
         print(f"failed seeds: {summary['failed_seeds']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+def critic_main(args, extra, argv) -> int:
+    summary = evaluate_critic(held_out_seeds(args.episodes, args.seed_start), critic=args.critic,
+                              critic_hz=args.critic_hz, overlap_policy=args.overlap_policy, rtc_mode=args.rtc_mode,
+                              delay_ms=args.delay_ms, checkpoint=args.checkpoint, actor_hz=args.actor_hz,
+                              planner_hz=args.planner_hz, extra_params=extra)
+    summary["settings"] = {"critic": args.critic, "critic_hz": args.critic_hz, "params": dict(extra),
+                           "seed_start": args.seed_start, "overlap_policy": args.overlap_policy}
+    summary["command"] = "flashrt-ros evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary["machine"] = _machine()
+    summary["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    frac = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    a0, a1 = summary["actor_inference_ms_without_critic"], summary["actor_inference_ms_with_critic"]
+    print(f"critic {args.critic!r} on {summary['episodes']} held-out episodes with failures injected: "
+          f"{summary['failing']} failing, {summary['would_succeed']} would succeed")
+    print(f"  failing episodes it ended >= {summary['early_s']:g} s before the {summary['time_limit_s']:g} s limit: "
+          f"{summary['failing_ended_early']}/{summary['failing']} ({frac(summary['failing_ended_early_fraction'])}), "
+          f"lead p50 {summary['lead_s']['p50']} s")
+    print(f"  episodes it ended that would have succeeded: {summary['succeeding_ended']}/{summary['would_succeed']} "
+          f"({frac(summary['succeeding_ended_fraction'])})")
+    print(f"  actor act() p50/p99 without the critic {a0['p50']:.2f}/{a0['p99']:.2f} ms, with it "
+          f"{a1['p50']:.2f}/{a1['p99']:.2f} ms (this harness runs them in turn on one thread: the concurrent "
+          f"figure is `flashrt-ros soak`'s); critic p50 {summary['critic_ms']['p50']:.2f} ms")
+    print(f"  same path until the critic's end: {summary['same_path_until_end']}; {summary['wall_s']:.0f} s")
+    for kind, row in summary["by_injection"].items():
+        print(f"    {kind}: {row}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
