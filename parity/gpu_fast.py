@@ -166,7 +166,7 @@ def main(argv=None) -> None:
             rows["networks"].append(entry)
             del policy
             free()
-        for w in args.act_weights.split(","):
+        for w in [w for w in args.act_weights.split(",") if w]:
             try:
                 with no_init():
                     a = bench_act(str(dirs[2]), "cuda", "bfloat16", args.iters, compiled=None, weights=w)

@@ -10,7 +10,8 @@
   in registers; small-M calls (the action expert: 50 rows) split K across programs.
 - ``attention_rows``: softmax(q k^T * scale + mask) v for grouped-query heads folded into rows
   (common.attention's GPU layout) as one kernel, many small row blocks (the action expert's 400
-  rows over the prefix K/V filled only 7 CTAs of SDPA's kernel).
+  rows over the prefix K/V filled only 7 CTAs of SDPA's kernel), the keys split across programs and
+  merged by a second small kernel.
 
 Each has a torch reference (``*_reference``): the CPU path and the oracle the kernels are tested
 against (test/test_triton_kernels.py on a GPU; parity/test_triton_interpreter.py runs the kernels
@@ -228,8 +229,10 @@ def attention_rows_supported(q: torch.Tensor) -> bool:
 
 def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                    scale: float) -> torch.Tensor:
-    """The kernel (same contract as attention_rows_reference): one program per block of rows and K/V
-    head, an online softmax over key blocks (flash-attention's recurrence), float32 statistics."""
+    """The kernel (same contract as attention_rows_reference): programs over (block of rows, K/V head,
+    slice of the keys), each an online softmax over its keys (flash-attention's recurrence, float32
+    statistics), then one small kernel merging the slices (flash-decoding). Few rows over a few hundred
+    keys otherwise leave most SMs idle."""
     _require(q.device)
     if not attention_rows_supported(q):
         raise ValueError(f"attention_rows: head_dim {q.shape[-1]} / dtype {q.dtype} not supported")
@@ -242,13 +245,26 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     o = torch.empty(B, H, R, d, dtype=q.dtype, device=q.device)
     bm = 16 if R <= 1024 else 64
     bn = 64 if d <= 128 else 32
+    dev = q.device.index if q.is_cuda else -1
+    if dev not in _sm_count:
+        _sm_count[dev] = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
+    blocks = -(-R // bm) * H * B
+    key_blocks = -(-Tk // bn)
+    split = max(1, min(key_blocks, -(-2 * _sm_count[dev] // blocks)))
+    k_per = -(-key_blocks // split) * bn            # keys per slice, whole key blocks
+    split = -(-Tk // k_per)                         # no empty slices
     has_mask = mask is not None
     m = mask if has_mask else q
     ms = (mask.stride(0), mask.stride(2), mask.stride(3)) if has_mask else (0, 0, 0)
-    grid = ((R + bm - 1) // bm, H, B)
-    _build()["attn"][grid](q, k, v, m, o, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms, *o.stride()[:3],
-                          R, Tk, float(scale), HAS_MASK=has_mask, D=d, BM=bm, BN=bn, F32DOT=interpreted(),
-                          num_warps=4 if bm == 16 else 8, num_stages=2)
+    kern = _build()
+    acc = torch.empty(B, H, split, R, d, dtype=torch.float32, device=q.device)
+    stats = torch.empty(B, H, split, R, 2, dtype=torch.float32, device=q.device)
+    grid = (-(-R // bm), H * split, B)
+    kern["attn"][grid](q, k, v, m, acc, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms,
+                       R, Tk, k_per, float(scale), H, SPLIT=split, HAS_MASK=has_mask, D=d, BM=bm, BN=bn,
+                       F32DOT=interpreted(), num_warps=4 if bm == 16 else 8, num_stages=2)
+    kern["attn_merge"][(-(-R // bm), H, B)](acc, stats, o, *o.stride()[:3], R, H, SPLIT=split, D=d, BM=bm,
+                                            num_warps=4)
     return o
 
 
@@ -352,12 +368,14 @@ def _build() -> dict:
         tl.store(y + i, out.to(y.dtype.element_ty), mask=m)
 
     @triton.jit
-    def attn_kernel(q, k, v, mask, o, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smm, smn, sob, soh, som,
-                    R, Tk, scale, HAS_MASK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    F32DOT: tl.constexpr):
+    def attn_kernel(q, k, v, mask, acc_out, stats, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smm, smn,
+                    R, Tk, k_per, scale, H, SPLIT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, F32DOT: tl.constexpr):
         pid_m = tl.program_id(0)
-        h = tl.program_id(1)
+        hs = tl.program_id(1)
         b = tl.program_id(2)
+        h = hs // SPLIT
+        sl = hs - h * SPLIT
         rows = pid_m * BM + tl.arange(0, BM)
         dc = tl.arange(0, D)
         rmask = rows < R
@@ -365,11 +383,13 @@ def _build() -> dict:
         m_i = tl.full((BM,), float("-inf"), tl.float32)
         l_i = tl.zeros((BM,), tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
-        for n0 in range(0, Tk, BN):
+        k_lo = sl * k_per
+        k_hi = tl.minimum(k_lo + k_per, Tk)
+        for n0 in range(k_lo, k_hi, BN):
             cols = n0 + tl.arange(0, BN)
-            cmask = cols < Tk
+            cmask = cols < k_hi
             kt = tl.load(k + b * skb + h * skh + cols[None, :] * skn + dc[:, None], mask=cmask[None, :], other=0.0)
-            if F32DOT:
+            if F32DOT:   # Triton's CPU interpreter gets bf16 dots wrong: the same products in float32
                 s = tl.dot(qt.to(tl.float32), kt.to(tl.float32))
             else:
                 s = tl.dot(qt, kt)
@@ -389,11 +409,37 @@ def _build() -> dict:
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
-        out = acc / l_i[:, None]
+        base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
+        tl.store(acc_out + (base + rows[:, None]) * D + dc[None, :], acc, mask=rmask[:, None])
+        tl.store(stats + (base + rows) * 2, m_i, mask=rmask)
+        tl.store(stats + (base + rows) * 2 + 1, l_i, mask=rmask)
+
+    @triton.jit
+    def attn_merge(acc_in, stats, o, sob, soh, som, R, H, SPLIT: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
+        pid_m = tl.program_id(0)
+        h = tl.program_id(1)
+        b = tl.program_id(2)
+        rows = pid_m * BM + tl.arange(0, BM)
+        rmask = rows < R
+        dc = tl.arange(0, D)
+        m = tl.full((BM,), float("-inf"), tl.float32)
+        for sl in tl.static_range(SPLIT):
+            base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
+            m = tl.maximum(m, tl.load(stats + (base + rows) * 2, mask=rmask, other=float("-inf")))
+        total = tl.zeros((BM, D), tl.float32)
+        norm = tl.zeros((BM,), tl.float32)
+        for sl in tl.static_range(SPLIT):
+            base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
+            m_s = tl.load(stats + (base + rows) * 2, mask=rmask, other=float("-inf"))
+            w = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - m))
+            norm += w * tl.load(stats + (base + rows) * 2 + 1, mask=rmask, other=0.0)
+            total += w[:, None] * tl.load(acc_in + (base + rows[:, None]) * D + dc[None, :], mask=rmask[:, None],
+                                          other=0.0)
+        out = total / norm[:, None]
         tl.store(o + b * sob + h * soh + rows[:, None] * som + dc[None, :], out.to(o.dtype.element_ty),
                  mask=rmask[:, None])
 
-    _kernels.update(frames=frames_kernel, wo=wo_kernel, wo_reduce=wo_reduce, attn=attn_kernel)
+    _kernels.update(frames=frames_kernel, wo=wo_kernel, wo_reduce=wo_reduce, attn=attn_kernel, attn_merge=attn_merge)
     return _kernels
 
 

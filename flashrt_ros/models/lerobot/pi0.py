@@ -378,6 +378,12 @@ class Pi0(nn.Module):
         (common.attention fast=True) instead of SDPA."""
         opts = dict(backend=backend, dynamic=False, fullgraph=True)
         self._kernels = bool(enabled and kernels)
+        # one graph per layer kind, camera count, weights mode and dtype: a process that serves or
+        # benchmarks several of them needs more than dynamo's default 8 per code object
+        import torch._dynamo
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
 
         def maybe(fn):
             return torch.compile(fn, **opts) if enabled else fn
