@@ -161,4 +161,4 @@ def test_an_example_config_starts_the_host_and_drives_every_controller(example, 
         output, _ = host.communicate(timeout=30)
         rig.close()
     assert host.returncode == 0, output
-    assert "episode 1 stopped" in output
+    assert "episode 1 ended: shutdown" in output      # SIGTERM ends the episode (a stop goes out)
