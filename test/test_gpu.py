@@ -105,3 +105,33 @@ def test_handoff_never_tears_across_gpu_streams():
     ag.replay()
     ag.synchronize()
     assert bufs.read("actor.seen")[0].tobytes() == pattern(writes).tobytes()
+
+
+def test_critic_graph_on_the_gpu_equals_the_cpu_critic_and_allocates_nothing(scene):
+    """The critic's CUDA graph reads the actor's buffers in place: its value equals the CPU
+    critic's on the same observation, replays allocate nothing, and the actor's chunk is the same
+    with the critic beside it."""
+    from flashrt_ros.engines.critic import CriticGraph
+    from flashrt_ros.models.critic import Critic, CriticConfig
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    world, obs = scene
+    values, chunks = [], []
+    for device in ("cpu", "cuda"):
+        e = _engine(device)
+        e.set_task(world.task_text)
+        e.plan([obs.images["top"]], ["rgb8"])
+        before_critic = e.act([obs.images["top"]], ["rgb8"], obs.joint_positions, chunk_seq=5)
+        torch.manual_seed(0)
+        c = Critic(CriticConfig.for_policy(e.config))      # the planner's trunk: values are not saturated
+        c.init_from_planner(e.planner)
+        critic = CriticGraph(e, c)
+        chunks.append((before_critic, e.act([obs.images["top"]], ["rgb8"], obs.joint_positions, chunk_seq=5)))
+        values.append(critic.evaluate(1.5))
+    assert abs(values[0] - values[1]) < 1e-4, values
+    for before_critic, with_critic in chunks:
+        np.testing.assert_array_equal(before_critic.positions, with_critic.positions)
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for i in range(50):
+        critic.evaluate(0.1 * i)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before

@@ -42,7 +42,8 @@ def _critic(name: str):
     return load_critic(REFERENCE_CRITIC if name == "reference" else Path(name))
 
 
-def bench_critic(engine: Engine, critic: CriticGraph, seconds: float, actor_hz: float, critic_hz: float) -> dict:
+def bench_critic(engine: Engine, critic: CriticGraph, seconds: float, actor_hz: float, critic_hz: float,
+                 repeats: int = 1) -> dict:
     rng = np.random.default_rng(2)
     images, enc, q = _inputs(engine, rng)
     engine.set_task(_any_task(engine))
@@ -68,40 +69,49 @@ def bench_critic(engine: Engine, critic: CriticGraph, seconds: float, actor_hz: 
     t_critic = _time(lambda: values.append(critic.evaluate(1.0)), dev, 30, warmup=3)
     t_actor = _time(lambda: actor_once([]), dev, 30, warmup=3)
 
+    def naive_row(lat):
+        stop = threading.Event()
+
+        def critic_loop():
+            nxt = time.perf_counter()
+            while not stop.is_set():
+                critic.evaluate(1.0)
+                nxt += 1.0 / critic_hz
+                time.sleep(max(0.0, nxt - time.perf_counter()))
+        th = threading.Thread(target=critic_loop)
+        th.start()
+        try:
+            periodic_actor(lat, time.perf_counter() + seconds)
+        finally:
+            stop.set()
+            th.join()
+
+    def scheduler_row(lat, readings):
+        sched = MultiRateScheduler([
+            Task("actor", [lambda: actor_once(lat)], period=period, deadline=period),
+            Task("critic", [lambda: readings.append(critic.evaluate(1.0))], period=1.0 / critic_hz,
+                 deadline=1.0 / critic_hz),
+        ])
+        sched.start()
+        time.sleep(seconds)
+        sched.stop()
+        return sched.summary()
+
     alone: list[float] = []
-    periodic_actor(alone, time.perf_counter() + seconds)
-
     naive: list[float] = []
-    stop = threading.Event()
-
-    def critic_loop():
-        nxt = time.perf_counter()
-        while not stop.is_set():
-            critic.evaluate(1.0)
-            nxt += 1.0 / critic_hz
-            time.sleep(max(0.0, nxt - time.perf_counter()))
-    th = threading.Thread(target=critic_loop)
-    th.start()
-    try:
-        periodic_actor(naive, time.perf_counter() + seconds)
-    finally:
-        stop.set()
-        th.join()
-
     scheduled: list[float] = []
     readings = []
-    sched = MultiRateScheduler([
-        Task("actor", [lambda: actor_once(scheduled)], period=period, deadline=period),
-        Task("critic", [lambda: readings.append(critic.evaluate(1.0))], period=1.0 / critic_hz,
-             deadline=1.0 / critic_hz),
-    ])
-    sched.start()
-    time.sleep(seconds)
-    sched.stop()
-    s = sched.summary()
+    summaries = []
+    for _ in range(repeats):      # the rows interleaved, so a change in the machine's load hits each alike
+        periodic_actor(alone, time.perf_counter() + seconds)
+        naive_row(naive)
+        summaries.append(scheduler_row(scheduled, readings))
+    s = {k: {m: sum(x[k][m] for x in summaries) for m in ("deadline_misses", "completed", "faults")}
+         | {m: float(np.mean([x[k][m] for x in summaries])) for m in ("rate_hz", "latency_p50_s", "latency_p99_s")}
+         for k in ("actor", "critic")}
     p99 = _pct(alone)["p99_ms"]
     return {
-        "actor_hz": actor_hz, "critic_hz": critic_hz, "seconds": seconds,
+        "actor_hz": actor_hz, "critic_hz": critic_hz, "seconds": seconds, "repeats": repeats,
         "actor_params_M": sum(p.numel() for p in engine.actor.parameters()) / 1e6,
         "critic_params_M": parameter_count(critic.critic) / 1e6,
         "actor_chunk_alone": _pct(t_actor), "critic_alone": _pct(t_critic),
@@ -123,7 +133,8 @@ def to_markdown(res: dict) -> str:
         "",
         f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`.",
         f"Actor {r['actor_hz']:g} Hz ({r['actor_params_M']:.1f}M parameters, {res['dtype']}), critic "
-        f"{r['critic_hz']:g} Hz, {r['seconds']:g} s per row. Latency = one chunk graph replay + synchronise.",
+        f"{r['critic_hz']:g} Hz, {r['seconds']:g} s per row x {r['repeats']} (rows interleaved, pooled). "
+        "Latency = one chunk graph replay + synchronise.",
         "",
         "| actor | p50 ms | p99 ms | max ms | n |", "|---|---|---|---|---|",
         row("alone", r["actor_alone"]), row("with the critic, naive (own thread and stream)", r["actor_with_critic_naive"]),
@@ -147,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--actor-hz", type=float, default=50.0)
     ap.add_argument("--critic-hz", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=1, help="rows run this many times, interleaved, pooled")
     ap.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     ap.add_argument("--out", default="docs/benchmarks")
     ap.add_argument("--tag", default="")
@@ -160,7 +172,7 @@ def main(argv=None) -> int:
     res = {"machine": machine(device), "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": "flashrt-ros bench-critic " + " ".join(argv if argv is not None else sys.argv[1:]),
            "preset": args.preset, "critic": args.critic, "dtype": dtype,
-           "result": bench_critic(engine, critic, args.seconds, args.actor_hz, args.critic_hz)}
+           "result": bench_critic(engine, critic, args.seconds, args.actor_hz, args.critic_hz, args.repeats)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"{device.type}-{args.preset}"
