@@ -11,7 +11,7 @@ def engine_factory(model: str) -> tuple[Callable[..., Any], dict]:
     """(class, extra keyword names it takes beyond the common ones) for the `model` parameter."""
     if model.startswith("lerobot_"):
         from flashrt_ros.engines.lerobot import LerobotEngine
-        return LerobotEngine, {"tokenizer"}
+        return LerobotEngine, {"tokenizer", "weights"}
     from flashrt_ros.engines.builtin import Engine
     return Engine, set()
 
@@ -29,6 +29,8 @@ def make_engine(config, factory: Callable[..., Any] | None = None, limits=None):
                   dtype=config.dtype, compile_actor=config.compile)
     if "tokenizer" in extra:
         kwargs["tokenizer"] = config.tokenizer or None
+    if "weights" in extra and hasattr(config, "weights"):   # LeRobot: bf16 | fp8 | int8 (host parameter `weights`)
+        kwargs["weights"] = config.weights
     if getattr(config, "overlap_policy", "") == "rtc":
         from flashrt_ros.models.rtc import RtcSettings
         kwargs["rtc"] = RtcSettings(config.rtc_schedule, config.rtc_execution_horizon, config.rtc_max_guidance_weight,
