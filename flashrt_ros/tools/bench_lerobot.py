@@ -8,8 +8,8 @@ read once) + num_steps x (action-expert weights) bytes / measured copy bandwidth
 LerobotEngine.act() (uint8 camera frames in, clamped joint positions out) at the checkpoint's own
 camera count. On CPU the "graph" is the eager function: the ratio is ~1 by construction.
 
---compile (π0/π0.5): the network's layers are torch.compile'd (Pi0.compile_layers) before the eager
-timing and the capture, so "eager" is the compiled network without a graph; graph_vs_eager_* then
+--compile (π0/π0.5): the fast path: the network's layers torch.compile'd (Pi0.compile_layers; on a GPU
+with the Triton row attention) before the eager timing and the capture, so "eager" is the compiled network without a graph; graph_vs_eager_* then
 compare the compiled graph with the plain, uncompiled eager output (the fast path's equivalence gate:
 cosine >= 0.9999 in bf16), graph_equals_compiled_eager checks the capture itself, and compile_s is
 the first compiled forward (compilation included). The act() row stays uncompiled (its engine loads
