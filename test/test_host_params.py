@@ -301,3 +301,26 @@ def test_blend_cross_fades_from_the_previous_chunk_over_blend_steps():
     loop._last_chunk = None
     same, _ = loop._blend(stamp, stamp, new, np.zeros_like(new))
     np.testing.assert_array_equal(same, new)                                 # nothing to blend from
+
+
+def test_compile_is_auto_true_or_false_and_weights_apply_to_lerobot_models_only():
+    from flashrt_ros.engines.factory import compile_actor
+    assert load_config([], {}, []).compile == "auto"
+    assert load_config([], {}, [("compile", "True")]).compile == "true"    # a YAML boolean reads as a string
+    assert [compile_actor(v, "cpu") for v in ("auto", "true", "false")] == [None, True, False]
+    with pytest.raises(ConfigError, match="'compile' = 'maybe'"):
+        load_config([], {}, [("compile", "maybe")])
+    with pytest.raises(ConfigError, match="'weights' = 'int8'.*LeRobot models only"):
+        load_config([], {}, [("weights", "int8")])
+    with pytest.raises(ConfigError, match="'weights' = 'int4'"):
+        load_config([], {}, [("weights", "int4")])
+
+
+def test_episode_and_critic_parameters_are_checked():
+    cfg = load_config([], {}, [("critic", "reference"), ("episode_timeout_s", "30"), ("reset_mode", "auto")])
+    assert (cfg.critic, cfg.episode_timeout_s, cfg.reset_mode) == ("reference", 30.0, "auto")
+    for name, value, why in (("critic", "/no/such/critic", "neither 'reference' nor a directory"),
+                             ("value_threshold", "1.5", r"\[0, 1\]"), ("value_patience", "0", r"\[1, "),
+                             ("reset_mode", "later", "'service', 'auto'"), ("advantage", "high", "finite number")):
+        with pytest.raises(ConfigError, match=why):
+            load_config([], {}, [(name, value)])

@@ -39,7 +39,7 @@ COMPILE_MIN_COS = 0.9999   # the compiled actor's equivalence gate against the p
 class Engine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "reference", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
-                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool = False,
+                 planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool | None = False,
                  rtc: RtcSettings | None = None, rtc_mode: str = "guided"):
         self.device = resolve_device(device)
         if rtc_mode not in RTC_MODES:
@@ -65,6 +65,8 @@ class Engine:
         self.gates: dict[str, dict] = {}
         # Opt-in fast path: inductor fuses the small kernels of the denoise loop before capture, kept
         # only behind its equivalence gate against the plain actor (_compile_gated).
+        if compile_actor is None:       # the host's compile 'auto': the fast path on a GPU
+            compile_actor = self.device.type == "cuda"
         self._actor_call = self._compile_gated() if compile_actor else self.actor
         self.planner = planner.to(self.device, self.dtype).eval().requires_grad_(False)
         D, H = cfg.action_dim, cfg.horizon

@@ -16,6 +16,18 @@ def engine_factory(model: str) -> tuple[Callable[..., Any], dict]:
     return Engine, set()
 
 
+def compile_actor(value, device: str) -> bool | None:
+    """The host's `compile` ('auto' | 'true' | 'false', or a bool) as an engine's compile_actor:
+    None = the engine's own default (LeRobot: its fast path on a GPU); 'auto' for the built-in
+    engine: on a GPU."""
+    if isinstance(value, bool):
+        return value
+    value = str(value).strip().lower()
+    if value == "auto":
+        return None
+    return value == "true"
+
+
 def make_engine(config, factory: Callable[..., Any] | None = None, limits=None):
     """The engine for a HostConfig. `factory` (tests) replaces the class and gets the common
     arguments. `limits`: ([A, 2] joint limits, [A] max velocity) in the policy's units (the host's
@@ -26,7 +38,7 @@ def make_engine(config, factory: Callable[..., Any] | None = None, limits=None):
     limits, vmax = limits
     kwargs = dict(checkpoint=config.checkpoint or None, preset=config.preset, device=config.device,
                   seed=config.seed, joint_limits=limits, max_velocity=vmax, planner_pieces=config.planner_pieces,
-                  dtype=config.dtype, compile_actor=config.compile)
+                  dtype=config.dtype, compile_actor=compile_actor(config.compile, config.device))
     if "tokenizer" in extra:
         kwargs["tokenizer"] = config.tokenizer or None
     if "weights" in extra and hasattr(config, "weights"):   # LeRobot: bf16 | fp8 | int8 (host parameter `weights`)

@@ -99,9 +99,14 @@ PARAMS: tuple[Param, ...] = (
     Param("device", str, "auto", "'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'; cuda without a GPU is an error", _device),
     Param("seed", int, 0, "seed of the flow-matching noise (runs are reproducible per seed)", _in(0, 2**31 - 1)),
     Param("planner_pieces", int, 1, "graphs the planner is cut into, so the actor can run between them", _in(1, 64)),
-    Param("compile", bool, False, "opt-in fast path: torch.compile the actor before its graph is captured (LeRobot "
-          "π0/π0.5: each layer's elementwise chains fused; kept only if it matches the plain path, cosine >= 0.9999, "
-          "else a warning and the plain path); start-up takes longer (about 20 s per camera count on an H100)"),
+    Param("compile", str, "auto", "the actor's fast path (LeRobot π0/π0.5: compiled layers + Triton attention; "
+          "built-in engine: torch.compile), each gated at start-up against the plain path (cosine >= 0.9999): "
+          "'auto' = on a GPU where the engine has one, 'true', 'false' (the plain graph). Start-up takes longer "
+          "with it (tens of seconds per camera count)", lambda v: None if v.strip().lower() in ("auto", "true", "false")
+          else "'auto', 'true' or 'false'"),
+    Param("weights", str, "bf16", "LeRobot checkpoints: 'bf16', or weight-only 'fp8' (Hopper/Blackwell) / 'int8' "
+          "(per-output-channel scales, no calibration), gated at start-up (cosine >= 0.999 vs the float32 network, "
+          "mean error <= 2x the bf16 network's, else start-up stops)", _one_of("bf16", "fp8", "int8")),
     Param("cpu_threads", int, 1, "torch intra-op threads when the device is the CPU; 0 = torch's choice "
           "(more than 1 beside the ROS threads slowed the reference policy ~10x on 2 cores)", _in(0, 256)),
     Param("dtype", str, "float32", "weights and activations: float32 | bfloat16 | float16 (bf16 for large presets on a GPU)",
@@ -267,7 +272,8 @@ class HostConfig:
     planner_pieces: int = 1
     cpu_threads: int = 1
     dtype: str = "float32"
-    compile: bool = False
+    compile: str = "auto"
+    weights: str = "bf16"
     cameras: tuple[CameraConfig, ...] = (CameraConfig("top", "camera/top/image_raw", False),)
     camera_reliability: str = "reliable"
     camera_sync_slop_s: float = 0.05
@@ -460,6 +466,9 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
         if policy_type != values["model"][len("lerobot_"):]:
             raise ConfigError(f"parameter 'model' = {values['model']!r} (from {sources['model']}), but "
                               f"{values['checkpoint']}/config.json is a {policy_type!r} policy")
+    if values["weights"] != "bf16" and not values["model"].startswith("lerobot_"):
+        raise ConfigError(f"parameter 'weights' = {values['weights']!r} (from {sources['weights']}) applies to LeRobot "
+                          f"models only; the built-in model runs in 'dtype' ({values['dtype']})")
     critic = values["critic"].strip()
     if critic and critic != "reference" and not Path(critic).expanduser().is_dir():
         raise ConfigError(f"parameter 'critic' = {critic!r} (from {sources['critic']}) is neither 'reference' "
@@ -471,6 +480,7 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
 
     values.update({k: tuple(v) for k, v in values.items() if isinstance(v, list)})
     values["device"] = values["device"].strip().lower()
+    values["compile"] = values["compile"].strip().lower()
     return HostConfig(**values, sources=sources)
 
 
