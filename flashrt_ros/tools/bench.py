@@ -142,6 +142,23 @@ class _Null:
 
 
 # --- 2. actor with the planner running -----------------------------------------------------------
+def actor_replay(engine, lat: list) -> None:
+    """One actor chunk graph replay, synchronised: its latency (s) appended to `lat`."""
+    t0 = time.perf_counter()
+    engine.actor_graph.replay()
+    engine.actor_graph.synchronize()
+    lat.append(time.perf_counter() - t0)
+
+
+def periodic(fn, lat: list, period: float, stop_at: float, until=lambda: False) -> None:
+    """`fn(lat)` every `period` seconds (on a fixed grid) until `stop_at` or `until()`."""
+    nxt = time.perf_counter()
+    while nxt < stop_at and not until():
+        fn(lat)
+        nxt += period
+        time.sleep(max(0.0, nxt - time.perf_counter()))
+
+
 def bench_interference(engine: Engine, seconds: float, actor_hz: float, planner_hz: float,
                        green_sms: int = 96) -> dict:
     rng = np.random.default_rng(1)
@@ -152,17 +169,10 @@ def bench_interference(engine: Engine, seconds: float, actor_hz: float, planner_
     period = 1.0 / actor_hz
 
     def actor_once(lat):
-        t0 = time.perf_counter()
-        engine.actor_graph.replay()
-        engine.actor_graph.synchronize()
-        lat.append(time.perf_counter() - t0)
+        actor_replay(engine, lat)
 
     def periodic_actor(lat, stop_at):
-        nxt = time.perf_counter()
-        while nxt < stop_at:
-            actor_once(lat)
-            nxt += period
-            time.sleep(max(0.0, nxt - time.perf_counter()))
+        periodic(actor_once, lat, period, stop_at)
 
     # planner cost on its own (all pieces back to back)
     def planner_all():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from flashrt_ros.engines.critic import CriticGraph
 from flashrt_ros.models.critic import CRITIC_PRESETS, REFERENCE_CRITIC, load_critic, parameter_count, seeded_critic
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
-from .bench import _any_task, _inputs, _pct, _time, machine
+from .bench import _any_task, _inputs, _pct, _time, actor_replay, machine, periodic
 
 
 def _critic(name: str):
@@ -53,17 +54,10 @@ def bench_critic(engine: Engine, critic: CriticGraph, seconds: float, actor_hz: 
     period = 1.0 / actor_hz
 
     def actor_once(lat):
-        t0 = time.perf_counter()
-        engine.actor_graph.replay()
-        engine.actor_graph.synchronize()
-        lat.append(time.perf_counter() - t0)
+        actor_replay(engine, lat)
 
     def periodic_actor(lat, stop_at):
-        nxt = time.perf_counter()
-        while nxt < stop_at:
-            actor_once(lat)
-            nxt += period
-            time.sleep(max(0.0, nxt - time.perf_counter()))
+        periodic(actor_once, lat, period, stop_at)
 
     values = []
     t_critic = _time(lambda: values.append(critic.evaluate(1.0)), dev, 30, warmup=3)
@@ -72,13 +66,8 @@ def bench_critic(engine: Engine, critic: CriticGraph, seconds: float, actor_hz: 
     def naive_row(lat):
         stop = threading.Event()
 
-        def critic_loop():
-            nxt = time.perf_counter()
-            while not stop.is_set():
-                critic.evaluate(1.0)
-                nxt += 1.0 / critic_hz
-                time.sleep(max(0.0, nxt - time.perf_counter()))
-        th = threading.Thread(target=critic_loop)
+        th = threading.Thread(target=periodic, args=(lambda _: critic.evaluate(1.0), [], 1.0 / critic_hz, math.inf),
+                              kwargs={"until": stop.is_set})
         th.start()
         try:
             periodic_actor(lat, time.perf_counter() + seconds)

@@ -504,9 +504,7 @@ def main(argv=None) -> int:
                            "delay_ms": args.delay_ms, "actor_hz": args.actor_hz, "planner_hz": args.planner_hz,
                            "checkpoint": args.checkpoint or "reference (shipped)", "seed_start": args.seed_start,
                            "params": dict(extra)}
-    summary["command"] = "flashrt-ros evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary["machine"] = _machine()
-    summary["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    _stamp_and_write(summary, argv, args.json)
     b = summary["boundary"]
     fmt = lambda p: "n/a" if p["p50"] is None else f"{p['p50']:.4f} / {p['p95']:.4f}"  # noqa: E731
     print(f"{args.overlap_policy}{' ' + args.rtc_mode if args.overlap_policy == 'rtc' else ''}, delay "
@@ -517,11 +515,18 @@ def main(argv=None) -> int:
           f"d p50 {summary['delay_steps']['p50']}; {summary['wall_s']:.0f} s")
     if summary["failed_seeds"]:
         print(f"failed seeds: {summary['failed_seeds']}")
-    if args.json:
-        with open(args.json, "w") as f:
+    return 0
+
+
+def _stamp_and_write(summary: dict, argv, path: str) -> None:
+    """The command, machine and date into the summary; the summary to `path` as JSON ('' = not written)."""
+    summary["command"] = "flashrt-ros evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    summary["machine"] = _machine()
+    summary["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if path:
+        with open(path, "w") as f:
             json.dump(summary, f, indent=2)
             f.write("\n")
-    return 0
 
 
 def critic_main(args, extra, argv) -> int:
@@ -531,9 +536,7 @@ def critic_main(args, extra, argv) -> int:
                               planner_hz=args.planner_hz, extra_params=extra)
     summary["settings"] = {"critic": args.critic, "critic_hz": args.critic_hz, "params": dict(extra),
                            "seed_start": args.seed_start, "overlap_policy": args.overlap_policy}
-    summary["command"] = "flashrt-ros evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary["machine"] = _machine()
-    summary["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    _stamp_and_write(summary, argv, args.json)
     frac = lambda x: "n/a" if x is None else f"{100 * x:.0f}%"  # noqa: E731
     a0, a1 = summary["actor_inference_ms_without_critic"], summary["actor_inference_ms_with_critic"]
     print(f"critic {args.critic!r} on {summary['episodes']} held-out episodes with failures injected: "
@@ -549,10 +552,6 @@ def critic_main(args, extra, argv) -> int:
     print(f"  same path until the critic's end: {summary['same_path_until_end']}; {summary['wall_s']:.0f} s")
     for kind, row in summary["by_injection"].items():
         print(f"    {kind}: {row}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
     return 0
 
 
