@@ -26,7 +26,8 @@ def _run(check: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("check", ["frames", "wo_linear", "attention"])
+@pytest.mark.parametrize("check", ["frames", "wo_linear", "attention", "fused_kernels", "fused_layer",
+                                   "fused_network"])
 def test_the_triton_kernel_equals_its_torch_reference_under_the_interpreter(check):
     pytest.importorskip("triton")
     assert "ok" in _run(check)
@@ -92,7 +93,155 @@ def check_attention() -> None:
         assert torch.isfinite(out).all() and rel < 1e-2, (R, Tk, rel)
 
 
+def _rel(out, ref) -> float:
+    import torch
+    assert torch.isfinite(out).all()
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+def _layer_inputs(B: int, S: int, W: int, H: int, Hkv: int, D: int, Fd: int, P: int, ada: bool, g, dtype,
+                  device="cpu"):
+    """Random expert-layer inputs (pi0.GemmaWeights; caches [B, Hkv, P + S, D] with a filled prefix)."""
+    import torch
+
+    from flashrt_ros.models.lerobot.common import rope_cos_sin
+    from flashrt_ros.models.lerobot.pi0 import GemmaWeights
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale)
+    w = GemmaWeights(r((H + 2 * Hkv) * D, W, scale=W ** -0.5).to(dtype), r(W, H * D, scale=(H * D) ** -0.5).to(dtype),
+                     r(2 * Fd, W, scale=W ** -0.5).to(dtype), r(W, Fd, scale=Fd ** -0.5).to(dtype),
+                     None if ada else 1.0 + 0.1 * r(W), None if ada else 1.0 + 0.1 * r(W))
+    mods = None
+    if ada:
+        mods = torch.cat([1.0 + 0.1 * r(2, W), 0.1 * r(2, W), 0.5 + 0.1 * r(2, W)], dim=1)   # [2, 3W]
+    x = r(B, S, W).to(dtype)
+    kc, vc = r(B, Hkv, P + S, D).to(dtype), r(B, Hkv, P + S, D).to(dtype)
+    pos = 7 + torch.arange(S)[None].expand(B, S)
+    cos, sin = rope_cos_sin(pos, D, 10000.0)
+    allowed = torch.rand(B, S, P + S, generator=g) > 0.2
+    allowed[..., -1] = True
+    mask = torch.where(allowed[:, None], 0.0, -2.3819763e38).to(dtype)
+    out = x, w, kc, vc, mask, cos, sin, mods
+    if device == "cpu":
+        return out
+    return tuple(GemmaWeights(*(None if t is None else t.to(device) for t in v)) if isinstance(v, GemmaWeights)
+                 else None if v is None else v.to(device) for v in out)
+
+
+def check_fused_kernels(device: str = "cpu", dims=(64, 8, 1, 32, 128, 20)) -> None:
+    """Each fused kernel vs its torch reference, with and without adaRMS, split-K 1 / 2 / 4, B = 1 and 2.
+    float32: the same function to rounding (1e-5; on a GPU 1e-4: TF32 is off but the reduction orders
+    differ); bf16: the interpreter's float32 -> bf16 casts truncate (measured: 0.31% per cast vs 0.17%
+    rounding to nearest), and these kernels round 2-4 times as the plain path does: 3e-2 there; on a GPU
+    (test/test_lerobot_gpu.py runs this same check) 1e-2."""
+    import torch
+
+    from flashrt_ros.runtime import fused_expert as fx
+    g = torch.Generator().manual_seed(0)
+    saved, tune = dict(fx.DEFAULTS), fx.TUNE
+    fx.TUNE = False   # the configs below, not the tuner's
+    W, H, Hkv, D, Fd, P = dims
+    gpu = device != "cpu"
+    try:
+        for dt, B, S, ada in ((torch.float32, 1, 50, True), (torch.float32, 2, 9, False),
+                              (torch.bfloat16, 1, 50, True), (torch.bfloat16, 2, 9, False)):
+            tol = (1e-4 if gpu else 1e-5) if dt == torch.float32 else (1e-2 if gpu else 3e-2)
+            x, w, kc, vc, mask, cos, sin, mods = _layer_inputs(B, S, W, H, Hkv, D, Fd, P, ada, g, dt, device)
+            mod1 = mods[0] if ada else w.norm1
+            x2 = x.reshape(B * S, -1)
+            for bn in (16, 32):
+                fx.DEFAULTS["qkv"] = fx.Config(bn, 1)
+                q = torch.full((B, H, S, D), float("nan"), dtype=dt, device=device)
+                k1, v1 = kc.clone(), vc.clone()
+                fx.norm_qkv_rope(x2, S, mod1, ada, w.qkv, cos, sin, q, k1, v1, P)
+                qr, k2, v2 = torch.empty_like(q), kc.clone(), vc.clone()
+                fx.norm_qkv_rope_reference(x2, S, mod1, ada, w.qkv, cos, sin, qr, k2, v2, P)
+                assert torch.equal(k1[:, :, :P], kc[:, :, :P]) and torch.equal(v1[:, :, :P], vc[:, :, :P])
+                for a, b, what in ((q, qr, "q"), (k1, k2, "k"), (v1, v2, "v")):
+                    assert _rel(a, b) < tol, (what, dt, B, bn, _rel(a, b))
+                fx.DEFAULTS["gate_up"] = fx.Config(bn, 1)
+                h = fx.norm_gate_up(x2, mods[1] if ada else w.norm2, ada, w.gate_up)
+                hr = fx.norm_gate_up_reference(x2, mods[1] if ada else w.norm2, ada, w.gate_up)
+                assert _rel(h, hr) < tol, ("gate_up", dt, B, bn, _rel(h, hr))
+            o = torch.randn(B, Hkv, H // Hkv * S, D, generator=g).to(dt).to(device)
+            a = torch.randn(B * S, Fd, generator=g).to(dt).to(device)
+            gate = mods[0, 2 * W:] if ada else None
+            for split in (1, 2, 4):
+                fx.DEFAULTS["o"] = fx.DEFAULTS["down"] = fx.Config(16, split)
+                y = fx.gemm_residual(o, (o.stride(0), D, S * D), D, S, w.o, x2, gate, "o")
+                yr = fx.gemm_residual_reference(fx.folded_rows(o, S), w.o, x2, gate)
+                assert _rel(y - x2, yr - x2) < tol, ("o", dt, B, split, _rel(y - x2, yr - x2))
+                y = fx.gemm_residual(a, (S * Fd, Fd, 0), Fd, S, w.down, x2, gate, "down")
+                yr = fx.gemm_residual_reference(a, w.down, x2, gate)
+                assert _rel(y - x2, yr - x2) < tol, ("down", dt, B, split, _rel(y - x2, yr - x2))
+            assert all(int(t.abs().sum()) == 0 for t in fx._locks.values()), "split-K counters not reset"
+    finally:
+        fx.DEFAULTS.update(saved)
+        fx.TUNE = tune
+
+
+def check_fused_layer(device: str = "cpu", dims=(64, 8, 1, 32, 128, 30)) -> None:
+    """The fused expert layer (six launches) vs the plain expert_layer (its reference), π0.5 (adaRMS) and
+    π0 (RMSNorm), with the K/V caches' suffix slots. float32: equal to rounding (1e-5). bf16: both against
+    the float32 plain layer on the same (bf16-valued) inputs, the fused layer's error at most 2x the
+    plain bf16 layer's (the interpreter's truncating casts included)."""
+    import torch
+
+    from flashrt_ros.models.lerobot.fused import fused_expert_layer
+    from flashrt_ros.models.lerobot.pi0 import GemmaWeights, expert_layer
+    g = torch.Generator().manual_seed(1)
+    for ada, dt, S in ((True, torch.float32, 12), (False, torch.float32, 7), (True, torch.bfloat16, 50),
+                       (False, torch.bfloat16, 51)):
+        x, w, kc, vc, mask, cos, sin, mods = _layer_inputs(1, S, *dims, ada, g, dt, device)
+        k1, v1, k2, v2 = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+        with torch.no_grad():
+            ref = expert_layer(x, w, k1, v1, mask, cos, sin, mods)
+            out = fused_expert_layer(x, w, k2, v2, mask, cos, sin, mods)
+            if dt == torch.float32:
+                errs = {what: _rel(a, b) for a, b, what in ((out - x, ref - x, "update"), (k2, k1, "k"),
+                                                             (v2, v1, "v"))}
+                print(ada, dt, errs)
+                # on a GPU the attention kernel's float32 dots are TF32
+                assert all(e < (5e-3 if device != "cpu" else 1e-5) for e in errs.values()), (ada, dt, errs)
+                continue
+            w32 = GemmaWeights(*(None if t is None else t.float() for t in w))
+            k3, v3 = kc.float(), vc.float()
+            truth = expert_layer(x.float(), w32, k3, v3, mask.float(), cos, sin, mods)
+        fused_err, plain_err = _rel(out - x, truth - x.float()), _rel(ref - x, truth - x.float())
+        print(ada, dt, "vs float32: fused", fused_err, "plain", plain_err, "k", _rel(k2, k3), _rel(k1, k3))
+        if device == "cpu":   # the interpreter's truncating bf16 casts (see check_fused_kernels): a sanity bound
+            assert fused_err < 5e-2 and _rel(k2, k3) < 3e-2, (ada, fused_err, plain_err)
+        else:                 # on a GPU: at most 2x the plain bf16 layer's own error
+            assert fused_err <= 2 * plain_err + 1e-3 and _rel(k2, k3) <= 2 * _rel(k1, k3) + 1e-3, (ada, fused_err,
+                                                                                                  plain_err)
+
+
+def check_fused_network() -> None:
+    """The tiny π0.5 and π0 fixtures' whole chunk (float32) with the action expert's layers as the fused
+    kernels vs the plain network: masks, positions, the caches' layout, batch, adaRMS tables."""
+    import torch
+
+    from flashrt_ros.models.lerobot import load_policy
+    from flashrt_ros.models.lerobot.fused import fused_expert_layer
+    fixtures = ROOT / "test" / "fixtures"
+    for kind in ("pi05", "pi0"):
+        policy = load_policy(fixtures / f"lerobot_{kind}_tiny", "cpu", "float32")
+        net = policy.model
+        net.num_steps = 2   # every step runs the same layers (the interpreter is slow); tables cover step 0, 1
+        probe = policy.probe_inputs(2, 0)
+        with torch.no_grad():
+            plain = net(*probe.values())
+            net._expert_layer = fused_expert_layer
+            fused = net(*probe.values())
+        rel = _rel(fused, plain)
+        print(kind, "chunk rel", rel)
+        assert rel < 1e-5, (kind, rel)
+
+
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    {"frames": check_frames, "wo_linear": check_wo_linear, "attention": check_attention}[sys.argv[1]]()
+    {"frames": check_frames, "wo_linear": check_wo_linear, "attention": check_attention,
+     "fused_kernels": check_fused_kernels, "fused_layer": check_fused_layer,
+     "fused_network": check_fused_network}[sys.argv[1]]()
     print("ok")

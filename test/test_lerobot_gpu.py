@@ -119,3 +119,52 @@ def test_int8_weights_pass_their_gate_on_the_gpu_and_act_allocates_nothing():
     for i in range(20):
         e.act(images, ["rgb8", "rgb8"], np.zeros(D, np.float32), chunk_seq=i)
     assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
+# --- the fused expert layer-step kernels (runtime/fused_expert.py, models/lerobot/fused.py) -----------
+FULL_EXPERT = (1024, 8, 1, 256, 4096, 300)   # π0 / π0.5's Gemma 300M expert: width, heads, kv heads, head_dim,
+TINY_EXPERT = (64, 8, 1, 32, 128, 30)        # mlp, prefix keys; the tiny fixtures' expert
+
+
+def _interpreter_checks():
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from parity import test_triton_interpreter
+    return test_triton_interpreter
+
+
+@pytest.mark.parametrize("dims", [TINY_EXPERT, FULL_EXPERT], ids=["tiny", "full"])
+def test_each_fused_kernel_is_its_torch_reference(dims):
+    # the checks parity/test_triton_interpreter.py runs under Triton's interpreter, here compiled: float32
+    # within 1e-4, bf16 within 1e-2; split-K 1 / 2 / 4 (the counters left zero); B = 1 and 2
+    _interpreter_checks().check_fused_kernels("cuda", dims)
+
+
+@pytest.mark.parametrize("dims", [TINY_EXPERT, FULL_EXPERT], ids=["tiny", "full"])
+def test_the_fused_expert_layer_is_the_plain_layer(dims):
+    # vs the plain expert_layer: float32 within 5e-3 (TF32 attention), bf16 at most 2x the plain bf16
+    # layer's own error vs float32, π0.5 (adaRMS) and π0 (RMSNorm)
+    _interpreter_checks().check_fused_layer("cuda", dims)
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_the_fused_engine_passes_its_gate_graph_equals_eager_and_act_allocates_nothing(kind):
+    from flashrt_ros.engines.lerobot import COMPILE_MIN_COS, LerobotEngine
+    e = LerobotEngine(FIXTURES / f"lerobot_{kind}_tiny", device="cuda", dtype="bfloat16", fused_expert=True)
+    g = e.gates["compile"]
+    assert g["fused_expert"] and g["cos"] >= COMPILE_MIN_COS, g
+    e.set_task("pick up the red cube")
+    rng = np.random.default_rng(4)
+    q = rng.uniform(-0.3, 0.3, D).astype(np.float32)
+    images = _frames(rng, [(480, 640), (300, 200)])
+    e.act(images, ["rgb8", "bgr8"], q, chunk_seq=1)
+    graph_out = e.buffers.read("actor.actions")
+    with torch.inference_mode(), torch.cuda.stream(e.actor_stream):
+        e._actor_fn(e.buffers)
+    torch.cuda.synchronize()
+    assert np.array_equal(e.buffers.read("actor.actions"), graph_out)     # the graph is its function
+    assert float(np.abs(graph_out).max()) > 0.01
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for i in range(50):
+        e.act(images, ["rgb8", "bgr8"], q, chunk_seq=i)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before

@@ -81,7 +81,7 @@ class LerobotEngine:
     def __init__(self, checkpoint: str | Path | None = None, preset: str = "lerobot", device: str = "auto",
                  seed: int = 0, joint_limits: np.ndarray | None = None, max_velocity: np.ndarray | None = None,
                  planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool | None = None,
-                 weights: str = "bf16",
+                 weights: str = "bf16", fused_expert: bool = False,
                  tokenizer: str | Path | None = None, rtc: RtcSettings | None = None, rtc_mode: str = "guided",
                  max_frame_bytes: int = MAX_FRAME_BYTES):
         if rtc_mode not in RTC_MODES:
@@ -99,6 +99,10 @@ class LerobotEngine:
         self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
         self.weights = weights
+        # the fast path's action expert as the fused Triton layer-step kernels (runtime/fused_expert.py),
+        # under the same start-up gate as the rest of the fast path; CUDA only (the CPU runs plain torch)
+        # (bf16 weights: quantised ones have their own GEMM)
+        self.fused_expert = bool(fused_expert) and self.device.type == "cuda" and weights == "bf16"
         if weights != "bf16":
             why = fp8_supported(self.device) if weights == "fp8" else None
             why = why or (tk.triton_error(self.device) if self.device.type == "cuda" else None)
@@ -195,17 +199,22 @@ class LerobotEngine:
         t0 = time.perf_counter()
         with torch.inference_mode():
             plain = net(*probe.values()).double()
-            net.compile_layers(kernels=self.device.type == "cuda")
+            net.compile_layers(kernels=self.device.type == "cuda", fused=self.fused_expert)
             fast = net(*probe.values()).double()
         cos = float(torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0))
         self.gates["compile"] = {"cos": cos, "max_abs": float((plain - fast).abs().max()),
-                                 "kernels": self.device.type == "cuda"}
+                                 "kernels": self.device.type == "cuda", "fused_expert": net._fused}
+        if not cos >= COMPILE_MIN_COS and net._fused:
+            raise RuntimeError(f"fused_expert: the fused expert kernels refused by the start-up gate: cosine "
+                               f"{cos:.6f} vs the plain path < {COMPILE_MIN_COS} (max |diff| "
+                               f"{self.gates['compile']['max_abs']:.3g}). Start without fused_expert")
         if not cos >= COMPILE_MIN_COS:
             net.compile_layers(False)
             self.notes.append(f"compile: refused, cosine {cos:.6f} vs the plain path < {COMPILE_MIN_COS}: "
                               f"running uncompiled")
         else:
-            self.notes.append(f"compile: layers compiled in {time.perf_counter() - t0:.1f} s, cosine {cos:.7f} "
+            self.notes.append(f"compile: layers compiled{' (expert: fused kernels)' if net._fused else ''} in "
+                              f"{time.perf_counter() - t0:.1f} s, cosine {cos:.7f} "
                               f"vs the plain path")
 
     # --- camera frames ---------------------------------------------------------------------------------

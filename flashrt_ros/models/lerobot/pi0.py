@@ -276,6 +276,7 @@ class Pi0(nn.Module):
         self._finalized = False
         self._prefix_layer, self._expert_layer = prefix_layer, expert_layer   # compile_layers swaps them
         self._kernels = False   # compile_layers(kernels=True): the Triton attention kernel on a GPU
+        self._fused = False     # compile_layers(fused=True): the fused expert layer kernels
 
     # --- checkpoint edge ---------------------------------------------------------------------------
     @staticmethod
@@ -367,7 +368,8 @@ class Pi0(nn.Module):
                 setattr(self, name, getattr(self, name).float())
         return self
 
-    def compile_layers(self, enabled: bool = True, backend: str = "inductor", kernels: bool = False) -> "Pi0":
+    def compile_layers(self, enabled: bool = True, backend: str = "inductor", kernels: bool = False,
+                       fused: bool = False) -> "Pi0":
         """Opt-in fast path: torch.compile the layer functions, fusing each layer's elementwise chains
         (norms, RoPE, residuals, gates, gelu * up) into a few kernels. One graph per layer kind (VLM,
         expert, SigLIP) and input shape, shared by all layers and steps. Matmuls stay cuBLAS (no
@@ -375,7 +377,11 @@ class Pi0(nn.Module):
         CUDA graph around forward(). Compilation happens at the first forward of each shape: run one
         before capturing (StaticGraph's warm-up does). compile_layers(False) restores the plain path.
         kernels (CUDA): the VLM's and the expert's attention through the Triton row-block kernel
-        (common.attention fast=True) instead of SDPA."""
+        (common.attention fast=True) instead of SDPA.
+        fused (CUDA, with kernels): the action expert's layer step as the fused Triton kernels of
+        runtime/fused_expert.py (models/lerobot/fused.py: six launches per layer and step; norms in the
+        GEMM prologues, RoPE and the K/V write and gelu * up and the gated residuals in their epilogues)
+        instead of the compiled expert_layer, which stays its reference."""
         opts = dict(backend=backend, dynamic=False, fullgraph=True)
         self._kernels = bool(enabled and kernels)
         # one graph per layer kind, camera count, weights mode and dtype: a process that serves or
@@ -388,6 +394,10 @@ class Pi0(nn.Module):
         def maybe(fn):
             return torch.compile(fn, **opts) if enabled else fn
         self._prefix_layer, self._expert_layer = maybe(prefix_layer), maybe(expert_layer)
+        self._fused = bool(enabled and kernels and fused)
+        if self._fused:
+            from .fused import fused_expert_layer
+            self._expert_layer = fused_expert_layer
         for layer in self.vision.encoder.layers:   # siglip.py's layer as it is: its bound forward, compiled
             vars(layer).pop("forward", None)
             if enabled:

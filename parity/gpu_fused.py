@@ -1,0 +1,171 @@
+"""The fused expert layer-step kernels on the GPU (issue 14, item 1): full-size π0.5 / π0, 1 camera, bf16,
+in ONE process the plain graph (the reference), the fast path (compiled layers + Triton row attention)
+and the fused path (the same, with the action expert as runtime/fused_expert.py's kernels), each one
+CUDA graph per chunk, p50/p99; where the time goes (the prefix alone as its own graph; a torch.profiler
+kernel table of one chunk replay per path); the chosen kernel configs.
+
+    python -m parity.gpu_fused --out $OUT/fused.json --kinds pi05,pi0 [--iters 30] [--profile pi05]
+
+Policies: parity.gpu_fast.write_full (seeded random weights, full LeRobot dims).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashrt_ros.tools.bench import _pct, _time, measure_bandwidth
+
+
+def kernel_table(fn, dev, top: int = 25) -> dict:
+    """One call of fn (a graph replay) under torch.profiler: device time per kernel name, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize(dev)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize(dev)
+    rows = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        r = rows.setdefault(e.name[:90], [0, 0.0])
+        r[0] += 1
+        r[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+    total = sum(v[1] for v in rows.values())
+    best = sorted(rows.items(), key=lambda kv: -kv[1][1])[:top]
+    return {"kernels": sum(v[0] for v in rows.values()), "device_us": total,
+            "top": [{"name": k, "count": c, "us": t} for k, (c, t) in best]}
+
+
+def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
+    from flashrt_ros.runtime import BufferSet, StaticGraph
+    from flashrt_ros.runtime import fused_expert as fx
+    dev = policy.device
+    net = policy.model
+    b = BufferSet(dev)
+    for name, t in policy.probe_inputs(1, 0).items():
+        b.declare(name, tuple(t.shape), t.dtype).copy_(t)
+    b.declare("actions", tuple(b["noise"].shape), torch.float32)
+    b.declare("kv", (1,), torch.float32)
+    names = ["images", "img_masks", "tokens", "token_mask", "state", "noise"]
+
+    def fn(bufs):
+        bufs["actions"].copy_(net(*(bufs[n] for n in names)))
+
+    def prefix_fn(bufs):   # vision + projector + the VLM over the prefix: the part a chunk does once
+        img = net.embed_images(bufs["images"])
+        lang = net.embed(bufs["tokens"]) * net._embed_scale
+        x = torch.cat([img, lang.to(img.dtype)], dim=1)
+        pad = torch.cat([bufs["img_masks"][:, :, None].expand(1, 1, img.shape[1]).reshape(1, -1),
+                         bufs["token_mask"]], dim=1)
+        k, _ = net._encode_prefix(x, pad, net.chunk_size + (0 if net.pi05 else 1), True)
+        bufs["kv"].copy_(k[-1, 0, 0, 0, :1].float())
+
+    out: dict = {}
+    results = {}
+    with torch.inference_mode():
+        for path in ("plain", "fast", "fused"):
+            if path == "plain":
+                net.compile_layers(False)
+            else:
+                t0 = time.perf_counter()
+                net.compile_layers(kernels=True, fused=path == "fused")
+                fn(b)
+                torch.cuda.synchronize(dev)
+                out[f"{path}_first_forward_s"] = time.perf_counter() - t0
+            fn(b)
+            eager = b["actions"].clone()
+            g = StaticGraph(f"bench_{path}", fn, b, reads=names, writes=["actions"]).capture()
+            t = _time(g.replay, dev, iters=iters, warmup=3)
+            g.replay()
+            torch.cuda.synchronize(dev)
+            results[path] = b["actions"].clone()
+            row = {"graph": _pct(t), "graph_equals_eager": bool(torch.equal(results[path], eager))}
+            gp = StaticGraph(f"prefix_{path}", prefix_fn, b, reads=names, writes=["kv"]).capture()
+            row["prefix_graph"] = _pct(_time(gp.replay, dev, iters=iters, warmup=3))
+            row["denoise_ms_p50"] = row["graph"]["p50_ms"] - row["prefix_graph"]["p50_ms"]
+            if profile:
+                row["profile"] = kernel_table(g.replay, dev)
+            del g, gp
+            out[path] = row
+            print(f"  {path}: chunk p50 {row['graph']['p50_ms']:.2f} p99 {row['graph']['p99_ms']:.2f} ms | prefix "
+                  f"{row['prefix_graph']['p50_ms']:.2f} | denoise {row['denoise_ms_p50']:.2f} ms | graph==eager "
+                  f"{row['graph_equals_eager']}", flush=True)
+    ref = results["plain"].flatten().double()
+    for path in ("fast", "fused"):
+        r = results[path].flatten().double()
+        out[path]["cos_vs_plain"] = float(torch.nn.functional.cosine_similarity(r, ref, dim=0))
+        out[path]["max_abs_vs_plain"] = float((r - ref).abs().max())
+    once, per_step = net.weight_bytes()
+    out["floor_ms"] = (once + net.num_steps * per_step) / bandwidth * 1e3
+    out["denoise_floor_ms"] = net.num_steps * per_step / bandwidth * 1e3
+    out["tuned_configs"] = {" ".join(map(str, k)): v._asdict() for k, v in fx._tuned.items()}
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--kinds", default="pi05,pi0")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--profile", default="pi05")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/flashrt-fused"))
+    args = ap.parse_args(argv)
+    from flashrt_ros.models.lerobot import load_policy
+    from parity.gpu_fast import free, write_full
+    from parity.gpu_rtc import no_init
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t0 = time.perf_counter()
+    dev = torch.device("cuda")
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+                 "python": platform.python_version(), "device": torch.cuda.get_device_name(dev),
+                 "iters": args.iters, "cameras": 1, "dtype": "bfloat16", "policies": {}}
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+
+    try:
+        import triton
+        res["triton"] = triton.__version__
+    except ImportError:
+        pass
+    bw = measure_bandwidth(dev)
+    res["bandwidth_GBps"] = bw / 1e9
+    log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
+    for kind in args.kinds.split(","):
+        work = args.work / kind
+        shutil.rmtree(work, ignore_errors=True)
+        d = write_full(kind, work / "cam1", 1)
+        log(f"{kind}: checkpoint written")
+        with no_init():
+            policy = load_policy(d, dev, "bfloat16")
+        log(f"{kind}: loaded")
+        try:
+            res["policies"][kind] = bench(policy, args.iters, bw, kind in args.profile.split(","))
+        except Exception as e:   # recorded, not hidden; the next policy still runs
+            import traceback
+            res["policies"][kind] = {"error": traceback.format_exc()}
+        r = res["policies"][kind]
+        if "error" in r:
+            log(f"{kind}: ERROR {r['error'][-600:]}")
+        else:
+            log(f"{kind}: plain {r['plain']['graph']['p50_ms']:.2f} | fast {r['fast']['graph']['p50_ms']:.2f} | "
+                f"fused {r['fused']['graph']['p50_ms']:.2f} ms (p99 {r['fused']['graph']['p99_ms']:.2f}) | floor "
+                f"{r['floor_ms']:.2f} | cos fused vs plain {r['fused']['cos_vs_plain']:.7f}, fast "
+                f"{r['fast']['cos_vs_plain']:.7f} | tuned {r['tuned_configs']}")
+        del policy
+        free()
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
