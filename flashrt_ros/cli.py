@@ -20,10 +20,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("flashrt_ros.tools.replay", "replay a recorded bag through the policy and compare"),
     "bench": ("flashrt_ros.tools.bench", "benchmark graph vs eager, planner interference, hand-off, capsules"),
     "bench-lerobot": ("flashrt_ros.tools.bench_lerobot", "benchmark a LeRobot checkpoint: graph vs eager vs floor"),
+    "bench-critic": ("flashrt_ros.tools.bench_critic", "benchmark the actor's latency alone and with the value "
+                     "critic beside it (naive vs the scheduler)"),
     "bench-ros": ("flashrt_ros.tools.bench_ros", "benchmark camera message -> action chunk through the ROS host"),
     "soak": ("flashrt_ros.tools.soak", "benchmark a long run of the host against a moving robot: stalls, holds, latency"),
     "recover": ("flashrt_ros.tools.recover", "make an episode bag cut short by a crash readable again"),
-    "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world"),
+    "train": ("flashrt_ros.tools.train", "train the reference policy on the reference world "
+              "(--critic: the value critic)"),
+    "train-critic": ("flashrt_ros.tools.train_critic", "train the reference value critic (= train --critic)"),
     "evaluate": ("flashrt_ros.tools.evaluate", "closed-loop episodes of the reference world through the host's "
                  "rules, with an injected delay: success, time, smoothness at chunk boundaries"),
 }

@@ -67,7 +67,8 @@ class CriticConfig:
     layers: int = 2
     heads: int = 4
     mlp_ratio: int = 4
-    # the episode-time input is fed as seconds / time_scale_s (the time limit it was trained with)
+    # the episode-time input is fed as seconds / time_scale_s (the reference critic: 5 s, a clean
+    # episode's length, where the seconds that matter are; its training recipe sets it)
     time_scale_s: float = 30.0
 
     @property

@@ -43,15 +43,26 @@ class EagerPolicy:
 
     @torch.inference_mode()
     def act(self, obs, subtask_text: str) -> np.ndarray:
-        c = self.config
-        tokens = torch.from_numpy(self.tokenizer.encode(subtask_text, c.text_len))[None]
-        state = torch.as_tensor(np.asarray(obs.joint_positions, dtype=np.float32))[None]
-        noise = torch.randn(1, c.horizon, c.action_dim, generator=self.generator)
-        actions = self.actor(self._images(obs), state, tokens, noise)
-        return self.actor.to_joint_units(actions)[0].numpy().astype(np.float32)
+        return self.act_batch([obs], [subtask_text], [self.generator])[0]
 
     @torch.inference_mode()
     def plan(self, obs, task_text: str) -> str:
-        tokens = torch.from_numpy(self.tokenizer.encode(task_text, self.config.task_len))[None]
-        logits = self.planner(self._images(obs), tokens)
-        return self.config.subtasks[int(logits.argmax(-1)[0])]
+        return self.plan_batch([obs], [task_text])[0]
+
+    @torch.inference_mode()
+    def act_batch(self, observations, subtask_texts, generators) -> np.ndarray:
+        """Several episodes' actor calls as one forward (data collection): each draws its noise from
+        its own generator, so an episode's noise does not depend on its batch. [B, H, 2] float32."""
+        c = self.config
+        tokens = torch.stack([torch.from_numpy(self.tokenizer.encode(t, c.text_len)) for t in subtask_texts])
+        state = torch.as_tensor(np.stack([np.asarray(o.joint_positions, dtype=np.float32) for o in observations]))
+        noise = torch.cat([torch.randn(1, c.horizon, c.action_dim, generator=g) for g in generators])
+        images = torch.cat([self._images(o) for o in observations])
+        actions = self.actor(images, state, tokens, noise)
+        return self.actor.to_joint_units(actions).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def plan_batch(self, observations, task_texts) -> list[str]:
+        tokens = torch.stack([torch.from_numpy(self.tokenizer.encode(t, self.config.task_len)) for t in task_texts])
+        logits = self.planner(torch.cat([self._images(o) for o in observations]), tokens)
+        return [self.config.subtasks[int(i)] for i in logits.argmax(-1)]

@@ -15,6 +15,11 @@ from .tabletop import Observation, TabletopWorld
 
 ActFn = Callable[[Observation, str], np.ndarray]
 PlanFn = Callable[[Observation, str], str]
+# Something that happens to the world at a step (a failure injection): it may return a coaching
+# text, which then holds to the end of the episode.
+WorldEvent = Callable[[TabletopWorld], "str | None"]
+# Called every step with (step, the observation the actor acts on, the subtask in force).
+StepHook = Callable[[int, Observation, str], None]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ def run_episode(
     seed: int | None = None,
     max_steps: int | None = None,
     stop_on_success: bool = True,
+    events: Sequence[tuple[int, WorldEvent]] = (),
+    on_step: StepHook | None = None,
 ) -> EpisodeResult:
     """Run one episode from the world's current state (reset it first with `seed` if given).
 
@@ -67,7 +74,7 @@ def run_episode(
     """
     if seed is not None:
         world.reset(seed)
-    coach = tuple(coach or ())
+    coach = list(coach or ())
     limit = int(round(world.config.time_limit / world.config.dt)) if max_steps is None else max_steps
     obs = world.observation()
     trajectory = [world.position.copy()]
@@ -78,6 +85,12 @@ def run_episode(
     for step in range(limit):
         if world.timed_out or (stop_on_success and world.success):
             break
+        for at, world_event in events:
+            if at == step:
+                text = world_event(world)
+                obs = world.observation()
+                if text is not None:
+                    coach.append(CoachEvent(step, text, hold_steps=limit - step))
         event = _coaching_at(coach, step)
         if event is None and (planned is None or step % planner_period_steps == 0 or was_coached):
             planned = plan(obs, world.task_text)
@@ -88,6 +101,8 @@ def run_episode(
             world.apply_chunk(act(obs, subtask), start_time=obs.time)
             actor_calls += 1
         subtasks.append(subtask)
+        if on_step is not None:
+            on_step(step, obs, subtask)
         obs = world.step()
         trajectory.append(world.position.copy())
     return EpisodeResult(

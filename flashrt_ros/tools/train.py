@@ -1,6 +1,7 @@
 """Train the reference planner and actor on the tabletop world (CPU, minutes).
 
     python -m flashrt_ros.tools.train --out flashrt_ros/models/weights/reference
+    flashrt-ros train --critic [--out DIR] [...]   # the value critic instead: flashrt_ros.tools.train_critic
 
 Data: the scripted expert labels states of seeded training worlds (seeds below
 `TRAIN_SEED_LIMIT`; evaluation uses seeds from `flashrt_ros.tools.evaluate.HELD_OUT_SEED_START`).
@@ -282,7 +283,12 @@ def set_normalisation(actor: Actor, data: Dataset) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--critic" in argv:  # `flashrt-ros train --critic ...`: the critic has its own recipe and options
+        from .train_critic import main as train_critic_main
+        return train_critic_main([a for a in argv if a != "--critic"])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="--critic: train the value critic instead (see flashrt_ros.tools.train_critic)")
     parser.add_argument("--out", default="flashrt_ros/models/weights/reference")
     parser.add_argument("--preset", default="reference")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
