@@ -3,8 +3,9 @@
     flashrt-ros train --critic                      # rebuilds flashrt_ros/models/weights/reference_critic
     flashrt-ros train --critic --out /tmp/critic --episodes 200 --steps 400
 
-What it does, in order (~8 min on 2 idle CPU cores: rollouts ~4 min, training ~3 min,
-validation ~1 min):
+What it does, in order. Cost: the shipped critic took 16 min on 2 CPU cores shared with other
+work (rollouts 9 min, training 4.5 min, validation 2.3 min; config.json "seconds"); on idle cores
+about 11 min.
 1. Data. The shipped policy (eager, CPU) runs closed-loop episodes of training seeds
    (`--seed-start`.., below `TRAIN_SEED_LIMIT`), each with the failure `draw_injection(seed, mix,
    window)` of flashrt_ros.sim.failures applied at its time (`run_episode(events=...)`; a wrong
