@@ -200,9 +200,9 @@ PARAMS: tuple[Param, ...] = (
           "or a critic directory (config.json + critic.safetensors, flashrt_ros/models/critic.py)"),
     Param("critic_hz", float, 2.0, "critic readings per second (each of the observation the actor last acted on)",
           _in(0.0, 1000.0, True, "Hz")),
-    Param("value_threshold", float, 0.25, "the critic ends the episode (end reason 'critic') when its value is "
+    Param("value_threshold", float, 0.1, "the critic ends the episode (end reason 'critic') when its value is "
           "below this for value_patience consecutive readings", _in(0.0, 1.0)),
-    Param("value_patience", int, 4, "consecutive critic readings below value_threshold that end the episode",
+    Param("value_patience", int, 6, "consecutive critic readings below value_threshold that end the episode",
           _in(1, 1000000)),
     Param("advantage", str, "", "RECAP-style advantage conditioning: the constant (a number) fed to an actor "
           "checkpoint that takes an advantage input; '' = none. A checkpoint without such an input refuses a "
@@ -316,8 +316,8 @@ class HostConfig:
     reset_mode: str = "service"
     critic: str = ""
     critic_hz: float = 2.0
-    value_threshold: float = 0.25
-    value_patience: int = 4
+    value_threshold: float = 0.1
+    value_patience: int = 6
     advantage: str = ""
     # where each value came from ("default", "params file <path>", "environment FLASHRT_X", "command line")
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -407,7 +407,8 @@ def main(argv=None) -> int:
     elapsed = time.time() - started
     save_critic(args.out, critic, extra={
         "command": "flashrt-ros train --critic " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "args": vars(args), "policy": str(Path(args.policy).name),
+        "args": {**vars(args), "policy": "reference" if args.policy == str(REFERENCE_WEIGHTS) else args.policy},
+        "policy": str(Path(args.policy).name),
         "train_seeds": f"[{args.seed_start}, {args.seed_start + args.episodes})",
         "injections": {"mix": DEFAULT_MIX, "window_s": list(TRAIN_WINDOW)},
         "data": describe(data), "initialised_from_planner": len(copied),
