@@ -43,3 +43,20 @@ def test_without_delay_nothing_is_dropped_and_replace_passes_no_prefix(tmp_path)
 def test_delay_must_be_a_multiple_of_the_world_step(tmp_path):
     with pytest.raises(ValueError, match="multiple"):
         run(tmp_path, "--delay-ms", "70")
+
+
+def test_evaluate_critic_ends_the_failing_episodes_early_and_not_the_clean_one(tmp_path):
+    """Held-out seeds 1000000-1000002: a clean episode, a jammed joint and a wrong coaching (the
+    injections of sim/failures.py). Each runs without the critic (what it would have done) and with
+    the shipped critic; up to the critic's end both runs are the same episode."""
+    s = run(tmp_path, "--critic", "--episodes", "3")
+    kinds = [r["injection"].split(" at ")[0] for r in s["per_episode"]]
+    assert kinds == ["clean", "jammed_joint", "wrong_coaching"]
+    assert s["same_path_until_end"]
+    clean, jammed, coached = s["per_episode"]
+    assert clean["would_succeed"] and not clean["ended_by_critic"]
+    for r in (jammed, coached):
+        assert not r["would_succeed"] and r["time_without_s"] == pytest.approx(30.0)
+        assert r["ended_by_critic"] and r["lead_s"] >= 2.0
+    assert s["failing_ended_early_fraction"] == 1.0 and s["succeeding_ended"] == 0
+    assert s["critic_ms"]["n"] > 0 and s["actor_inference_ms_with_critic"]["n"] > 0

@@ -308,6 +308,8 @@ class LoopHarness:
                 if loop.critic is not None and started >= next_critic:
                     loop.critic_step()            # between actor releases, on the observation just acted on
                     next_critic = started + self.critic_ticks
+                if not loop.running:              # the loop ended the episode (critic, time): it ends here
+                    break
                 if w.steps > started:             # the delay passed inside the cycle
                     continue
             self._tick()
