@@ -115,6 +115,8 @@ def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
     out["floor_ms"] = (once + net.num_steps * per_step) / bandwidth * 1e3
     out["denoise_floor_ms"] = net.num_steps * per_step / bandwidth * 1e3
     out["tuned_configs"] = {" ".join(map(str, k)): v._asdict() for k, v in fx._tuned.items()}
+    from flashrt_ros.runtime import triton_kernels as tk
+    out["attention_splits"] = {" ".join(map(str, k)): v for k, v in tk._attn_tuned.items()}
     return out
 
 
@@ -168,7 +170,8 @@ def main(argv=None) -> None:
         else:
             log(f"{kind}: " + " | ".join(f"{p} {r[p]['graph']['p50_ms']:.2f}/{r[p]['graph']['p99_ms']:.2f} ms"
                                          f" cos {r[p].get('cos_vs_plain', 1.0):.7f}" for p in ("plain", "fast", "fused")
-                                         if "graph" in r[p]) + f" | floor {r['floor_ms']:.2f} | {r['tuned_configs']}")
+                                         if "graph" in r[p]) + f" | floor {r['floor_ms']:.2f} | {r['tuned_configs']} | attention splits "
+                f"{r['attention_splits']}")
         del policy
         free()
     log("done")

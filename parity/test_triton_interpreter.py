@@ -78,19 +78,26 @@ def check_wo_linear() -> None:
                 assert torch.isfinite(y).all() and rel < (1e-2 if dtype == torch.bfloat16 else 1e-5), (kind, M, rel)
 
 
-def check_attention() -> None:
+def check_attention(device: str = "cpu", shapes=((400, 120, 64), (48, 200, 32), (20, 33, 16))) -> None:
+    """The row attention vs its reference for 1, 2, 3 key slices and the default: the last program of a row
+    block merges the slices (counters left zero); the same split twice gives the same bits."""
     import torch
 
     from flashrt_ros.runtime import triton_kernels as tk
-    g = torch.Generator().manual_seed(0)
-    for R, Tk, d in ((400, 120, 64), (48, 200, 32), (20, 33, 16)):
-        q, k, v = (torch.randn(1, 1, n, d, generator=g).bfloat16() for n in (R, Tk, Tk))
-        mask = torch.where(torch.rand(1, 1, R, Tk, generator=g) < 0.3, -2.3819763e38, 0.0).bfloat16()
+    g = torch.Generator(device=device).manual_seed(0)
+    for R, Tk, d in shapes:
+        q, k, v = (torch.randn(1, 1, n, d, generator=g, device=device).bfloat16() for n in (R, Tk, Tk))
+        mask = torch.where(torch.rand(1, 1, R, Tk, generator=g, device=device) < 0.3, -2.3819763e38,
+                           0.0).bfloat16()
         mask[..., :5, :] = -2.3819763e38    # padded query rows: LeRobot's finite mask makes them an average
-        out = tk.attention_rows(q, k, v, mask, d ** -0.5).float()
         ref = tk.attention_rows_reference(q, k, v, mask, d ** -0.5).float()
-        rel = float((out - ref).norm() / ref.norm())
-        assert torch.isfinite(out).all() and rel < 1e-2, (R, Tk, rel)
+        for split in (None, 1, 2, 3):
+            out = tk.attention_rows(q, k, v, mask, d ** -0.5, split=split)
+            rel = float((out.float() - ref).norm() / ref.norm())
+            assert torch.isfinite(out).all() and rel < 1e-2, (R, Tk, split, rel)
+            again = tk.attention_rows(q, k, v, mask, d ** -0.5, split=split)
+            assert torch.equal(out, again), (R, Tk, split, "not deterministic")
+        assert all(int(t.abs().sum()) == 0 for t in tk._attn_locks.values()), "merge counters not reset"
 
 
 def _rel(out, ref) -> float:
@@ -223,7 +230,7 @@ def check_fused_network() -> None:
     import torch
 
     from flashrt_ros.models.lerobot import load_policy
-    from flashrt_ros.models.lerobot.fused import fused_expert_layer
+    from flashrt_ros.models.lerobot.fused import fused_expert_layer, shift_tables
     fixtures = ROOT / "test" / "fixtures"
     for kind in ("pi05", "pi0"):
         policy = load_policy(fixtures / f"lerobot_{kind}_tiny", "cpu", "float32")
@@ -234,9 +241,16 @@ def check_fused_network() -> None:
             plain = net(*probe.values())
             net._expert_layer = fused_expert_layer
             fused = net(*probe.values())
-        rel = _rel(fused, plain)
-        print(kind, "chunk rel", rel)
-        assert rel < 1e-5, (kind, rel)
+            rel = _rel(fused, plain)
+            print(kind, "chunk rel", rel)
+            assert rel < 1e-5, (kind, rel)
+            if net.pi05:   # with compile_layers(fused=True)'s adaRMS shift tables (shift @ W^T per layer, step)
+                net._fused, net._ada_shift = True, shift_tables(net)
+                tabled = net(*probe.values())
+                net._fused, net._ada_shift = False, None
+                rel = _rel(tabled, plain)
+                print(kind, "chunk rel, shift tables", rel)
+                assert rel < 1e-5, (kind, rel)
 
 
 if __name__ == "__main__":

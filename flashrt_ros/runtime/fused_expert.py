@@ -5,11 +5,15 @@ The plain expert layer (models/lerobot/pi0.py expert_layer) at 50 tokens is ~13 
 attention layout, gelu * up, the gated residuals. Here it is six launches, each GEMM streaming its
 weight once with the elementwise work in its prologue / epilogue:
 
-    1. norm_pair(qkv):   RMSNorm or adaRMS (row statistics in the prologue) -> [q; k; v] GEMM ->
-                         RoPE -> q in the folded layout, k and v straight into the K/V caches
-    2. attention_rows:   (triton_kernels.py, unchanged: keys split over programs + merge kernel)
+    1. norm_pair(qkv):   RMSNorm or adaRMS -> [q; k; v] GEMM -> RoPE -> q in the folded layout, k and v
+                         straight into the K/V caches. The norm costs no pass of its own: the GEMM
+                         reads the raw rows (times the norm's per-column scale, 1 + w or 1 + scale),
+                         sums their squares in the same K loop and scales by 1 / rms at the end
+                         ((x * rstd * m) W^T = rstd * ((x * m) W^T)); adaRMS's shift enters as the
+                         vector shift W^T, per layer and step a load-time table (Pi0.compile_layers)
+    2. attention_rows:   (triton_kernels.py: keys split over programs, merged by the last one)
     3. gemm_residual(o): attention out (read in its folded layout, no copy) @ o^T, + x (* adaRMS gate)
-    4. norm_pair(gelu):  norm -> [gate; up] GEMM -> gelu_tanh(gate) * up
+    4. norm_pair(gelu):  norm (as in 1) -> [gate; up] GEMM -> gelu_tanh(gate) * up
     5. gemm_residual(down): act @ down^T, + x (* gate)
 
 Each GEMM is "few rows, wide weight": the rows (50 or 51) are one 64-row tile, the programs split the
@@ -45,9 +49,9 @@ class Config(NamedTuple):
 
 # defaults (M <= 64 rows); tune() may replace them per shape on a GPU
 DEFAULTS = {"qkv": Config(16, 1), "o": Config(16, 2), "gate_up": Config(32, 1), "down": Config(16, 2)}
-CANDIDATES = {"qkv": [Config(16, 1), Config(32, 1)],
+CANDIDATES = {"qkv": [Config(16, 1), Config(32, 1), Config(16, 1, 64, 4, 4), Config(32, 1, 64, 4, 4)],
               "o": [Config(16, 1), Config(16, 2)],
-              "gate_up": [Config(16, 1), Config(32, 1)],
+              "gate_up": [Config(16, 1), Config(32, 1), Config(32, 1, 64, 4, 4), Config(64, 1, 64, 4, 3)],
               "down": [Config(16, 2), Config(16, 4)]}
 _tuned: dict[tuple, Config] = {}
 TUNE = True   # on a GPU, outside graph capture: time CANDIDATES once per shape (CUDA-graph replays)
@@ -75,7 +79,10 @@ def _pick(name: str, key: tuple, run) -> Config:
     cfg = _tuned.get(k)
     if cfg is not None:
         return cfg
-    if not TUNE or interpreted() or not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing():
+    if not TUNE or interpreted() or not torch.cuda.is_available():
+        return DEFAULTS[name]
+    if torch.cuda.is_current_stream_capturing():   # first seen under capture: the default, kept (graph == eager)
+        _tuned[k] = DEFAULTS[name]
         return DEFAULTS[name]
     import triton.testing
     best, best_t = DEFAULTS[name], float("inf")
@@ -100,6 +107,14 @@ def normed(x: torch.Tensor, mod: torch.Tensor, ada: bool) -> torch.Tensor:
     if ada:
         return (_rms(x) * mod[:W] + mod[W:2 * W]).to(x.dtype)
     return (_rms(x) * mod).to(x.dtype)
+
+
+def shift_projection(mod: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """adaRMS's shift through the GEMM: shift @ w^T in float32 [N] (mod = [1 + scale, shift, gate]).
+    Pi0.compile_layers(fused=True) keeps these per layer and step as load-time tables; without one the
+    launchers compute it here (one more pass over w: tests, and callers without the tables)."""
+    W = w.shape[1]
+    return F.linear(mod[W:2 * W].float(), w.float()).contiguous()
 
 
 def norm_qkv_rope_reference(x: torch.Tensor, S: int, mod: torch.Tensor, ada: bool, w: torch.Tensor,
@@ -140,8 +155,9 @@ def gemm_residual_reference(a: torch.Tensor, w: torch.Tensor, res: torch.Tensor,
 # ------------------------------------------------------------------------------------ launchers
 def norm_qkv_rope(x: torch.Tensor, S: int, mod: torch.Tensor, ada: bool, w: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                  start: int) -> torch.Tensor:
-    """The kernel for norm_qkv_rope_reference (x [M, W] contiguous rows, w [(H + 2 Hkv) * D, W])."""
+                  start: int, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel for norm_qkv_rope_reference (x [M, W] contiguous rows, w [(H + 2 Hkv) * D, W]). shift:
+    adaRMS's shift_projection(mod, w) when precomputed (else computed here)."""
     _require(x.device)
     M, W = x.shape
     B, H, _, D = q_out.shape
@@ -149,11 +165,14 @@ def norm_qkv_rope(x: torch.Tensor, S: int, mod: torch.Tensor, ada: bool, w: torc
     half = D // 2
     kern = _build()["pair"]
     bm = _bm(M)
+    if ada and shift is None:
+        shift = shift_projection(mod, w)
+    shp = shift if ada else mod
 
     def run(c: Config):
         per = -(-half // c.bn)
         grid = ((H + 2 * Hkv) * per, -(-M // bm))
-        kern[grid](x, x.stride(0), mod, w, w.stride(0), q_out, q_out.stride(0), q_out.stride(1), q_out.stride(2),
+        kern[grid](x, x.stride(0), mod, shp, w, w.stride(0), q_out, q_out.stride(0), q_out.stride(1), q_out.stride(2),
                    k_cache, k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache, v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                    cos, sin, cos.stride(0), cos.stride(1), M, W, S, start, per, D, half, half, RMS_EPS,
@@ -164,18 +183,23 @@ def norm_qkv_rope(x: torch.Tensor, S: int, mod: torch.Tensor, ada: bool, w: torc
     return q_out
 
 
-def norm_gate_up(x: torch.Tensor, mod: torch.Tensor, ada: bool, w: torch.Tensor) -> torch.Tensor:
-    """The kernel for norm_gate_up_reference (w [2 F, W]: gate rows then up rows) -> [M, F]."""
+def norm_gate_up(x: torch.Tensor, mod: torch.Tensor, ada: bool, w: torch.Tensor,
+                 shift: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel for norm_gate_up_reference (w [2 F, W]: gate rows then up rows) -> [M, F]. shift: as in
+    norm_qkv_rope."""
     _require(x.device)
     M, W = x.shape
     Fd = w.shape[0] // 2
     out = torch.empty(M, Fd, dtype=x.dtype, device=x.device)
     kern = _build()["pair"]
     bm = _bm(M)
+    if ada and shift is None:
+        shift = shift_projection(mod, w)
+    shp = shift if ada else mod
 
     def run(c: Config):
         per = -(-Fd // c.bn)
-        kern[(per, -(-M // bm))](x, x.stride(0), mod, w, w.stride(0), out, out.stride(0), 0, 0,
+        kern[(per, -(-M // bm))](x, x.stride(0), mod, shp, w, w.stride(0), out, out.stride(0), 0, 0,
                                  out, 0, 0, 0, out, 0, 0, 0, x, x, 0, 0,
                                  M, W, 1, 0, per, 0, Fd, Fd, RMS_EPS,
                                  EPI=1, ADA=ada, H=1, HKV=1, BM=bm, BN=c.bn, BK=min(c.bk, _p2(W)),
@@ -235,12 +259,14 @@ def _build() -> dict:
     import triton.language as tl
 
     @triton.jit
-    def pair_kernel(x, sxm, mod, w, swn, q, sqb, sqh, sqt, kc, skb, skh, skt, vc, svb, svh, svt,
+    def pair_kernel(x, sxm, mod, shp, w, swn, q, sqb, sqh, sqt, kc, skb, skh, skt, vc, svb, svh, svt,
                     cos, sin, scb, sct, M, K, S, start, PER, GROUP, OFF, NCOL, eps,
                     EPI: tl.constexpr, ADA: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, BM: tl.constexpr,
                     BN: tl.constexpr, BK: tl.constexpr, F32DOT: tl.constexpr):
         """Normed rows x two column sets of w: [j, j + BN) and [j + OFF, ...) in group g.
-        EPI 0: q/k/v with RoPE (group = head, OFF = D / 2); EPI 1: gelu_tanh(gate) * up (OFF = F)."""
+        EPI 0: q/k/v with RoPE (group = head, OFF = D / 2); EPI 1: gelu_tanh(gate) * up (OFF = F).
+        One pass over x: the GEMM runs on x * m (m = mod[:K]: 1 + w, or adaRMS's 1 + scale) while the same
+        tiles' squares are summed; the epilogue scales by rstd and (adaRMS) adds shift @ w^T (shp)."""
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
         grp = pid_n // PER
@@ -251,22 +277,15 @@ def _build() -> dict:
         rows = pid_m * BM + tl.arange(0, BM)
         rmask = rows < M
         ss = tl.zeros((BM,), tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + tl.arange(0, BK)
-            xa = tl.load(x + rows[:, None] * sxm + kk[None, :], mask=rmask[:, None] & (kk < K)[None, :],
-                         other=0.0).to(tl.float32)
-            ss += tl.sum(xa * xa, 1)
-        rstd = 1.0 / tl.sqrt(ss / K + eps)
         acc_lo = tl.zeros((BM, BN), tl.float32)
         acc_hi = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
             kk = k0 + tl.arange(0, BK)
             km = kk < K
-            xa = tl.load(x + rows[:, None] * sxm + kk[None, :], mask=rmask[:, None] & km[None, :], other=0.0)
-            hn = xa.to(tl.float32) * rstd[:, None] * tl.load(mod + kk, mask=km, other=0.0)[None, :]
-            if ADA:
-                hn += tl.load(mod + K + kk, mask=km, other=0.0)[None, :]
-            a = hn.to(x.dtype.element_ty)
+            xf = tl.load(x + rows[:, None] * sxm + kk[None, :], mask=rmask[:, None] & km[None, :],
+                         other=0.0).to(tl.float32)
+            ss += tl.sum(xf * xf, 1)
+            a = (xf * tl.load(mod + kk, mask=km, other=0.0)[None, :]).to(x.dtype.element_ty)
             wm = km[:, None] & jm[None, :]
             wl = tl.load(w + col_lo[None, :] * swn + kk[:, None], mask=wm, other=0.0)
             wh = tl.load(w + col_hi[None, :] * swn + kk[:, None], mask=wm, other=0.0)
@@ -276,6 +295,12 @@ def _build() -> dict:
             else:
                 acc_lo += tl.dot(a, wl)
                 acc_hi += tl.dot(a, wh)
+        rstd = 1.0 / tl.sqrt(ss / K + eps)
+        acc_lo = acc_lo * rstd[:, None]
+        acc_hi = acc_hi * rstd[:, None]
+        if ADA:
+            acc_lo += tl.load(shp + col_lo, mask=jm, other=0.0)[None, :]
+            acc_hi += tl.load(shp + col_hi, mask=jm, other=0.0)[None, :]
         dt = x.dtype.element_ty
         lo = acc_lo.to(dt).to(tl.float32)    # the plain path rounds the GEMM's output to the dtype
         hi = acc_hi.to(dt).to(tl.float32)

@@ -10,8 +10,8 @@
   in registers; small-M calls (the action expert: 50 rows) split K across programs.
 - ``attention_rows``: softmax(q k^T * scale + mask) v for grouped-query heads folded into rows
   (common.attention's GPU layout) as one kernel, many small row blocks (the action expert's 400
-  rows over the prefix K/V filled only 7 CTAs of SDPA's kernel), the keys split across programs and
-  merged by a second small kernel.
+  rows over the prefix K/V filled only 7 CTAs of SDPA's kernel), the keys split across programs; the
+  last program of a row block to finish merges the slices in a fixed order (one launch, deterministic).
 
 Each has a torch reference (``*_reference``): the CPU path and the oracle the kernels are tested
 against (test/test_triton_kernels.py on a GPU; parity/test_triton_interpreter.py runs the kernels
@@ -228,11 +228,16 @@ def attention_rows_supported(q: torch.Tensor) -> bool:
 
 
 def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                   scale: float) -> torch.Tensor:
+                   scale: float, split: int | None = None) -> torch.Tensor:
     """The kernel (same contract as attention_rows_reference): programs over (block of rows, K/V head,
     slice of the keys), each an online softmax over its keys (flash-attention's recurrence, float32
-    statistics), then one small kernel merging the slices (flash-decoding). Few rows over a few hundred
-    keys otherwise leave most SMs idle."""
+    statistics). Few rows over a few hundred keys otherwise leave most SMs idle. With more than one
+    slice, each program writes its partial (accumulator, max, sum) and counts itself in on its row
+    block's counter; the LAST to arrive merges all slices in slice order (flash-decoding's merge, the
+    same order whichever program is last: deterministic) and re-zeroes the counter. One launch.
+
+    split: key slices (None: the tuned number for this shape on a GPU, outside graph capture -- the
+    fastest of attention_splits() timed as CUDA-graph replays -- else the default heuristic)."""
     _require(q.device)
     if not attention_rows_supported(q):
         raise ValueError(f"attention_rows: head_dim {q.shape[-1]} / dtype {q.dtype} not supported")
@@ -242,30 +247,89 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
         q = q.contiguous()
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
-    o = torch.empty(B, H, R, d, dtype=q.dtype, device=q.device)
-    bm = 16 if R <= 1024 else 64
-    bn = 64 if d <= 128 else 32
-    dev = q.device.index if q.is_cuda else -1
-    if dev not in _sm_count:
-        _sm_count[dev] = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 132
-    blocks = -(-R // bm) * H * B
-    key_blocks = -(-Tk // bn)
-    split = max(1, min(key_blocks, -(-2 * _sm_count[dev] // blocks)))
-    k_per = -(-key_blocks // split) * bn            # keys per slice, whole key blocks
-    split = -(-Tk // k_per)                         # no empty slices
+    bm, bn = _attn_blocks(R, d)
     has_mask = mask is not None
     m = mask if has_mask else q
     ms = (mask.stride(0), mask.stride(2), mask.stride(3)) if has_mask else (0, 0, 0)
-    kern = _build()
-    acc = torch.empty(B, H, split, R, d, dtype=torch.float32, device=q.device)
-    stats = torch.empty(B, H, split, R, 2, dtype=torch.float32, device=q.device)
-    grid = (-(-R // bm), H * split, B)
-    kern["attn"][grid](q, k, v, m, acc, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms,
-                       R, Tk, k_per, float(scale), H, SPLIT=split, HAS_MASK=has_mask, D=d, BM=bm, BN=bn,
-                       F32DOT=interpreted(), num_warps=4 if bm == 16 else 8, num_stages=2)
-    kern["attn_merge"][(-(-R // bm), H, B)](acc, stats, o, *o.stride()[:3], R, H, SPLIT=split, D=d, BM=bm,
-                                            num_warps=4)
-    return o
+    kern = _build()["attn"]
+    row_blocks = -(-R // bm)
+
+    def run(want: int) -> torch.Tensor:
+        key_blocks = -(-Tk // bn)
+        k_per = -(-key_blocks // max(1, min(want, key_blocks))) * bn   # keys per slice, whole key blocks
+        n_split = -(-Tk // k_per)                                      # no empty slices
+        o = torch.empty(B, H, R, d, dtype=q.dtype, device=q.device)
+        if n_split > 1:
+            acc = torch.empty(B, H, n_split, R, d, dtype=torch.float32, device=q.device)
+            stats = torch.empty(B, H, n_split, R, 2, dtype=torch.float32, device=q.device)
+            lock = _counters(q.device, row_blocks * H * B)
+        else:
+            acc = stats = lock = o
+        kern[(row_blocks, H * n_split, B)](
+            q, k, v, m, o, acc, stats, lock, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms,
+            *o.stride()[:3], R, Tk, k_per, float(scale), H, SPLIT=n_split, HAS_MASK=has_mask, D=d, BM=bm, BN=bn,
+            DC=min(d, 64), F32DOT=interpreted(), num_warps=4 if bm == 16 else 8, num_stages=2)
+        return o
+
+    if split is None:
+        key = (B, H, R, Tk, d, q.dtype, has_mask)
+        split = _attn_tuned.get(key)
+        if split is None:
+            cands = attention_splits(R, Tk, d, B * H, _sms(q.device))
+            split = cands[0]
+            if ATTN_TUNE and q.is_cuda and not interpreted():
+                if not torch.cuda.is_current_stream_capturing():
+                    import triton.testing
+                    best_t = float("inf")
+                    for c in cands:
+                        run(c)   # compile + warm
+                        t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
+                        if t < best_t:
+                            split, best_t = c, t
+            _attn_tuned[key] = split   # under capture: the default, kept (graph == later eager calls)
+    return run(split)
+
+
+ATTN_TUNE = True                   # on a GPU: time attention_splits() once per shape (outside capture)
+_attn_tuned: dict[tuple, int] = {}
+_attn_locks: dict[tuple, torch.Tensor] = {}
+
+
+def _attn_blocks(R: int, d: int) -> tuple[int, int]:
+    return (16 if R <= 1024 else 64), (64 if d <= 128 else 32)
+
+
+def _sms(device: torch.device) -> int:
+    dev = device.index if device.type == "cuda" else -1
+    if dev not in _sm_count:
+        _sm_count[dev] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" \
+            else 132
+    return _sm_count[dev]
+
+
+def attention_splits(R: int, Tk: int, d: int, heads: int, sms: int) -> list[int]:
+    """Key-slice counts worth timing for this shape, the default first: enough programs for two per SM
+    (at most one key block each), then 1/2 and 1/4 of that, and 1 (no merge)."""
+    bm, bn = _attn_blocks(R, d)
+    blocks = -(-R // bm) * heads
+    key_blocks = -(-Tk // bn)
+    full = max(1, min(key_blocks, -(-2 * sms // blocks)))
+    out = []
+    for c in (full, -(-full // 2), -(-full // 4), 1):
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per device and stream: zeroed int32 counters for the key slices' last-program merge (each launch
+    leaves them zero again)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    t = _attn_locks.get(key)
+    if t is None or t.numel() < n:
+        t = _attn_locks[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return t
 
 
 # ------------------------------------------------------------------------------------ the kernels
@@ -368,9 +432,10 @@ def _build() -> dict:
         tl.store(y + i, out.to(y.dtype.element_ty), mask=m)
 
     @triton.jit
-    def attn_kernel(q, k, v, mask, acc_out, stats, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb, smm, smn,
-                    R, Tk, k_per, scale, H, SPLIT: tl.constexpr, HAS_MASK: tl.constexpr, D: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr, F32DOT: tl.constexpr):
+    def attn_kernel(q, k, v, mask, o, acc_out, stats, lock, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                    smb, smm, smn, sob, soh, som, R, Tk, k_per, scale, H, SPLIT: tl.constexpr,
+                    HAS_MASK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    DC: tl.constexpr, F32DOT: tl.constexpr):
         pid_m = tl.program_id(0)
         hs = tl.program_id(1)
         b = tl.program_id(2)
@@ -409,37 +474,46 @@ def _build() -> dict:
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
-        base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
-        tl.store(acc_out + (base + rows[:, None]) * D + dc[None, :], acc, mask=rmask[:, None])
-        tl.store(stats + (base + rows) * 2, m_i, mask=rmask)
-        tl.store(stats + (base + rows) * 2 + 1, l_i, mask=rmask)
-
-    @triton.jit
-    def attn_merge(acc_in, stats, o, sob, soh, som, R, H, SPLIT: tl.constexpr, D: tl.constexpr, BM: tl.constexpr):
-        pid_m = tl.program_id(0)
-        h = tl.program_id(1)
-        b = tl.program_id(2)
-        rows = pid_m * BM + tl.arange(0, BM)
-        rmask = rows < R
-        dc = tl.arange(0, D)
-        m = tl.full((BM,), float("-inf"), tl.float32)
-        for sl in tl.static_range(SPLIT):
+        if SPLIT == 1:
+            tl.store(o + b * sob + h * soh + rows[:, None] * som + dc[None, :], (acc / l_i[:, None]).to(
+                o.dtype.element_ty), mask=rmask[:, None])
+        else:
             base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
-            m = tl.maximum(m, tl.load(stats + (base + rows) * 2, mask=rmask, other=float("-inf")))
-        total = tl.zeros((BM, D), tl.float32)
-        norm = tl.zeros((BM,), tl.float32)
-        for sl in tl.static_range(SPLIT):
-            base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
-            m_s = tl.load(stats + (base + rows) * 2, mask=rmask, other=float("-inf"))
-            w = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - m))
-            norm += w * tl.load(stats + (base + rows) * 2 + 1, mask=rmask, other=0.0)
-            total += w[:, None] * tl.load(acc_in + (base + rows[:, None]) * D + dc[None, :], mask=rmask[:, None],
-                                          other=0.0)
-        out = total / norm[:, None]
-        tl.store(o + b * sob + h * soh + rows[:, None] * som + dc[None, :], out.to(o.dtype.element_ty),
-                 mask=rmask[:, None])
+            tl.store(acc_out + (base + rows[:, None]) * D + dc[None, :], acc, mask=rmask[:, None])
+            tl.store(stats + (base + rows) * 2, m_i, mask=rmask)
+            tl.store(stats + (base + rows) * 2 + 1, l_i, mask=rmask)
+            # the last program of this row block to arrive merges every slice, in slice order
+            tl.debug_barrier()
+            blk = (b * H + h) * tl.num_programs(0) + pid_m
+            arrived = tl.atomic_add(lock + blk, 1, sem="acq_rel")
+            tl.debug_barrier()
+            if arrived == SPLIT - 1:
+                head = (b * H + h) * SPLIT
+                m = tl.full((BM,), float("-inf"), tl.float32)
+                for s_ in tl.static_range(SPLIT):
+                    sb = (head + s_).to(tl.int64) * R
+                    m = tl.maximum(m, tl.load(stats + (sb + rows) * 2, mask=rmask, other=float("-inf"),
+                                              cache_modifier=".cg"))
+                norm = tl.zeros((BM,), tl.float32)
+                for s_ in tl.static_range(SPLIT):
+                    sb = (head + s_).to(tl.int64) * R
+                    m_s = tl.load(stats + (sb + rows) * 2, mask=rmask, other=float("-inf"), cache_modifier=".cg")
+                    w_s = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - m))
+                    norm += w_s * tl.load(stats + (sb + rows) * 2 + 1, mask=rmask, other=0.0, cache_modifier=".cg")
+                cc = tl.arange(0, DC)
+                for c0 in tl.static_range(0, D, DC):   # column chunks: a BM x DC tile in registers, not BM x D
+                    total = tl.zeros((BM, DC), tl.float32)
+                    for s_ in tl.static_range(SPLIT):
+                        sb = (head + s_).to(tl.int64) * R
+                        m_s = tl.load(stats + (sb + rows) * 2, mask=rmask, other=float("-inf"), cache_modifier=".cg")
+                        w_s = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - m))
+                        total += w_s[:, None] * tl.load(acc_out + (sb + rows[:, None]) * D + c0 + cc[None, :],
+                                                        mask=rmask[:, None], other=0.0, cache_modifier=".cg")
+                    tl.store(o + b * sob + h * soh + rows[:, None] * som + c0 + cc[None, :],
+                             (total / norm[:, None]).to(o.dtype.element_ty), mask=rmask[:, None])
+                tl.atomic_xchg(lock + blk, 0)
 
-    _kernels.update(frames=frames_kernel, wo=wo_kernel, wo_reduce=wo_reduce, attn=attn_kernel, attn_merge=attn_merge)
+    _kernels.update(frames=frames_kernel, wo=wo_kernel, wo_reduce=wo_reduce, attn=attn_kernel)
     return _kernels
 
 

@@ -277,6 +277,7 @@ class Pi0(nn.Module):
         self._prefix_layer, self._expert_layer = prefix_layer, expert_layer   # compile_layers swaps them
         self._kernels = False   # compile_layers(kernels=True): the Triton attention kernel on a GPU
         self._fused = False     # compile_layers(fused=True): the fused expert layer kernels
+        self._ada_shift = None  # and π0.5's adaRMS shift @ W^T tables for them
 
     # --- checkpoint edge ---------------------------------------------------------------------------
     @staticmethod
@@ -395,9 +396,16 @@ class Pi0(nn.Module):
             return torch.compile(fn, **opts) if enabled else fn
         self._prefix_layer, self._expert_layer = maybe(prefix_layer), maybe(expert_layer)
         self._fused = bool(enabled and kernels and fused)
+        self._ada_shift = None
         if self._fused:
-            from .fused import fused_expert_layer
+            from .fused import fused_expert_layer, shift_tables
             self._expert_layer = fused_expert_layer
+            if self.pi05 and all(isinstance(layer.weights().qkv, torch.Tensor) and isinstance(
+                    layer.weights().gate_up, torch.Tensor) for layer in self.expert):
+                # adaRMS's shift @ W^T per layer and step (float32 tables, as ada_layers); quantised
+                # weights hand over to expert_layer (fused.py) and need none
+                with torch.no_grad():
+                    self._ada_shift = shift_tables(self)
         for layer in self.vision.encoder.layers:   # siglip.py's layer as it is: its bound forward, compiled
             vars(layer).pop("forward", None)
             if enabled:
@@ -503,7 +511,11 @@ class Pi0(nn.Module):
         k_cache, v_cache = kv
         for i, layer in enumerate(self.expert):
             ada = self.ada_layers[i, :, step] if self.pi05 else None
-            x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada, self._kernels)
+            if getattr(self, "_ada_shift", None) is not None and self._fused:
+                x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada, self._kernels,
+                                       (self._ada_shift[0][i, step], self._ada_shift[1][i, step]))
+            else:
+                x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada, self._kernels)
         if self.pi05:
             x, _ = _modulate(x, self.ada_final[step])
         else:
