@@ -292,7 +292,8 @@ class LoopHarness:
         next_plan = next_act = next_critic = 0
         ep.trajectory.append(tuple(float(x) for x in w.position))
         while not w.done and w.steps < limit and loop.running:
-            if w.steps == inject_at:
+            if 0 <= inject_at <= w.steps:       # (with a delay the world steps inside the actor's cycle)
+                inject_at = -1
                 coaching = apply_injection(w, injection)
                 if coaching is not None:
                     loop.coach(coaching)          # held until the next task (coach_hold_s 0)
@@ -393,21 +394,24 @@ def evaluate_critic(seeds, critic: str = "reference", critic_hz: float = 2.0, ea
     """Held-out episodes with failures injected (sim/failures.py), run twice through the host: without
     the critic (what each episode would have done: success or a failure at the time limit, and the
     actor's latency alone) and with it (where its value ended the episode). The two runs are the same
-    episode up to the critic's end (same noise, same simulated clock; checked on the robot's path)."""
+    episode up to the critic's end (same noise, same simulated clock; checked on the robot's path).
+    The actor's act() times of the two: the same episodes, alternated; the critic runs between actor
+    cycles in this harness (one thread), so they differ only by what the critic leaves in the caches."""
     started = time.time()
-    runs = {}
-    summaries = {}
-    for name, critic_dir in (("without", ""), ("with", critic)):
-        harness = LoopHarness(inject=True, critic=critic_dir, critic_hz=critic_hz, **harness_args)
-        try:
-            runs[name] = [harness.run_episode(s) for s in seeds]
-        finally:
+    harnesses = {name: LoopHarness(inject=True, critic=critic_dir, critic_hz=critic_hz, **harness_args)
+                 for name, critic_dir in (("without", ""), ("with", critic))}
+    runs = {name: [] for name in harnesses}
+    try:
+        for seed in seeds:        # episode by episode, so a change in the machine's load hits both alike
+            for name, harness in harnesses.items():
+                runs[name].append(harness.run_episode(seed))
+    finally:
+        for harness in harnesses.values():
             harness.close()
-        summaries[name] = {"actor_inference_ms": _percentiles(np.asarray(harness.inference_s) * 1e3, q=(50, 99)),
-                           "wall_s": round(time.time() - started, 1)}
-        if critic_dir:
-            lat = harness.loop.critic_readings.latencies() * 1e3
-            summaries[name]["critic_ms"] = _percentiles(lat, q=(50, 99))
+    summaries = {name: {"actor_inference_ms": _percentiles(np.asarray(h.inference_s) * 1e3, q=(50, 99))}
+                 for name, h in harnesses.items()}
+    summaries["with"]["critic_ms"] = _percentiles(harnesses["with"].loop.critic_readings.latencies() * 1e3,
+                                                  q=(50, 99))
     limit = WorldConfig().time_limit
     episodes, failing, succeeding = [], [], []
     for base, crit in zip(runs["without"], runs["with"]):
