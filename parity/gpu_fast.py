@@ -27,7 +27,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from flashrt_ros.tools.bench import measure_bandwidth
@@ -66,23 +65,10 @@ def write_full(kind: str, out: Path, cameras: int, weights_from: Path | None = N
     if weights_from is not None:
         os.symlink(weights_from / "model.safetensors", out / "model.safetensors")
         return out
-    from parity.gpu_rtc import no_init
+    from parity.gpu_rtc import no_init, seeded_weights
     with torch.device("cuda"), no_init():
         net = build_network(out, cfg)
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    sd = {}
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if p.ndim >= 2:
-                fan_in = p.shape[-1] if name.endswith("embed.weight") else int(np.prod(p.shape[1:]))
-                v = torch.randn(p.shape, generator=g, device="cuda") / fan_in ** 0.5
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g, device="cuda")
-                if name.endswith(("layer_norm1.weight", "layer_norm2.weight", "post_layernorm.weight")):
-                    v += 1.0
-                if kind == "smolvla" and name.endswith(("layernorm.weight", "norm.weight")) and "layer_norm" not in name:
-                    v += 1.0
-            sd[name] = v.to(torch.bfloat16).cpu()
+    sd = seeded_weights(net, seed, ("layernorm.weight", "norm.weight") if kind == "smolvla" else ())
     del net
     if kind == "smolvla":   # SmolVLA's loader reads LeRobot's names: smolvla.map_key, inverted
         inverse = (("vision.", "vlm_with_expert.vlm.model.vision_model."),

@@ -49,6 +49,16 @@ def write_full_pi05(out: Path, seed: int = 0) -> Path:
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     with torch.device("cuda"):
         net = build_network(out, cfg)
+    sd = seeded_weights(net, seed)
+    del net
+    save_file(sd, str(out / "model.safetensors"))
+    return out
+
+
+def seeded_weights(net, seed: int, unit_norms: tuple[str, ...] = ()) -> dict:
+    """bf16 CPU tensors for every parameter of `net` (on the GPU): matrices N(0, 1/fan_in), vectors
+    0.1 N(0, 1), norm weights around 1 (SigLIP's, and names ending in `unit_norms` that are not a
+    layer_norm: SmolVLA's RMS norms)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     sd = {}
     with torch.no_grad():
@@ -60,10 +70,10 @@ def write_full_pi05(out: Path, seed: int = 0) -> Path:
                 v = 0.1 * torch.randn(p.shape, generator=g, device="cuda")
                 if name.endswith(("layer_norm1.weight", "layer_norm2.weight", "post_layernorm.weight")):
                     v += 1.0
+                if unit_norms and name.endswith(unit_norms) and "layer_norm" not in name:
+                    v += 1.0
             sd[name] = v.to(torch.bfloat16).cpu()
-    del net
-    save_file(sd, str(out / "model.safetensors"))
-    return out
+    return sd
 
 
 def no_init():

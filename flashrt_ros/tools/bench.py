@@ -352,6 +352,14 @@ def to_markdown(res: dict) -> str:
     return "\n".join(m) + "\n"
 
 
+def write_results(out: Path, stem: str, res: dict, md: str) -> None:
+    """<stem>.json and <stem>.md under `out` (created); the markdown is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="flashrt-ros bench", description=__doc__.split("\n")[0])
     ap.add_argument("--presets", default="reference,pi0_like")
@@ -405,13 +413,7 @@ def main(argv=None) -> int:
             del engine
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or device.type
-    (out / f"bench-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = to_markdown(res)
-    (out / f"bench-{tag}.md").write_text(md)
-    print(md)
+    write_results(Path(args.out), f"bench-{args.tag or device.type}", res, to_markdown(res))
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import sys
 import threading
@@ -34,7 +33,7 @@ from flashrt_ros.engines.critic import CriticGraph
 from flashrt_ros.models.critic import CRITIC_PRESETS, REFERENCE_CRITIC, load_critic, parameter_count, seeded_critic
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
-from .bench import _any_task, _inputs, _pct, _time, actor_replay, machine, periodic
+from .bench import _any_task, _inputs, _pct, _time, actor_replay, machine, periodic, write_results
 
 
 def _critic(name: str):
@@ -162,13 +161,7 @@ def main(argv=None) -> int:
            "command": "flashrt-ros bench-critic " + " ".join(argv if argv is not None else sys.argv[1:]),
            "preset": args.preset, "critic": args.critic, "dtype": dtype,
            "result": bench_critic(engine, critic, args.seconds, args.actor_hz, args.critic_hz, args.repeats)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = args.tag or f"{device.type}-{args.preset}"
-    (out / f"critic-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
-    md = to_markdown(res)
-    (out / f"critic-{tag}.md").write_text(md)
-    print(md)
+    write_results(Path(args.out), f"critic-{args.tag or f'{device.type}-{args.preset}'}", res, to_markdown(res))
     return 0
 
 
