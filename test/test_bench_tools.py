@@ -26,3 +26,16 @@ def test_bench_ros_measures_chunks_through_the_host(tmp_path):
                            "--image", "160x120", "--out", str(tmp_path), "--tag", "t"]) == 0
     res = json.loads((tmp_path / "bench-ros-t.json").read_text())
     assert res["chunks"] >= 3 and 0 < res["camera_to_chunk"]["p50_ms"] < 5000
+
+
+def test_bench_critic_writes_its_rows_and_the_scheduled_critic_reads(tmp_path):
+    from flashrt_ros.tools import bench_critic
+    assert bench_critic.main(["--device", "cpu", "--seconds", "1.0", "--actor-hz", "10", "--critic-hz", "4",
+                              "--out", str(tmp_path), "--tag", "t"]) == 0
+    r = json.loads((tmp_path / "critic-t.json").read_text())["result"]
+    for row in ("actor_alone", "actor_with_critic_naive", "actor_with_critic_scheduler"):
+        assert r[row]["n"] >= 8 and 0 < r[row]["p50_ms"] <= r[row]["p99_ms"]
+    assert r["scheduler_critic"]["completed"] >= 3 and r["scheduler_critic"]["faults"] == 0
+    lo, hi = r["critic_value_range"]
+    assert 0.0 <= lo <= hi <= 1.0
+    assert "scheduler (the host's way)" in (tmp_path / "critic-t.md").read_text()
