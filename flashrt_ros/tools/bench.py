@@ -150,6 +150,18 @@ def actor_replay(engine, lat: list) -> None:
     lat.append(time.perf_counter() - t0)
 
 
+def beside(fn, period: float, run) -> None:
+    """`run()` while another thread calls `fn([])` every `period` seconds (0: back to back)."""
+    stop = threading.Event()
+    th = threading.Thread(target=periodic, args=(fn, [], period, float("inf")), kwargs={"until": stop.is_set})
+    th.start()
+    try:
+        run()
+    finally:
+        stop.set()
+        th.join()
+
+
 def periodic(fn, lat: list, period: float, stop_at: float, until=lambda: False) -> None:
     """`fn(lat)` every `period` seconds (on a fixed grid) until `stop_at` or `until()`."""
     nxt = time.perf_counter()
@@ -185,24 +197,12 @@ def bench_interference(engine: Engine, seconds: float, actor_hz: float, planner_
     periodic_actor(alone, time.perf_counter() + seconds)
 
     def naive(planner_period, stream=None):
-        stop = threading.Event()
-
-        def planner_loop():
-            nxt = time.perf_counter()
-            while not stop.is_set():
-                for g in engine.planner_graphs:  # whole planner enqueued at once
-                    g.replay(stream)
-                (stream.synchronize() if stream is not None else engine.planner_graphs[-1].synchronize())
-                nxt += planner_period
-                time.sleep(max(0.0, nxt - time.perf_counter()))
-        th = threading.Thread(target=planner_loop)
+        def planner_once(_):
+            for g in engine.planner_graphs:  # whole planner enqueued at once
+                g.replay(stream)
+            (stream.synchronize() if stream is not None else engine.planner_graphs[-1].synchronize())
         lat: list[float] = []
-        th.start()
-        try:
-            periodic_actor(lat, time.perf_counter() + seconds)
-        finally:
-            stop.set()
-            th.join()
+        beside(planner_once, planner_period, lambda: periodic_actor(lat, time.perf_counter() + seconds))
         return lat
 
     naive_rate = naive(1.0 / planner_hz)

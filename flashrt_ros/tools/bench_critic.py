@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from flashrt_ros.engines.critic import CriticGraph
 from flashrt_ros.models.critic import CRITIC_PRESETS, REFERENCE_CRITIC, load_critic, parameter_count, seeded_critic
 from flashrt_ros.runtime import MultiRateScheduler, Task, resolve_device
 
-from .bench import _any_task, _inputs, _pct, _time, actor_replay, machine, periodic, write_results
+from .bench import _any_task, _inputs, _pct, _time, actor_replay, beside, machine, periodic, write_results
 
 
 def _critic(name: str):
@@ -63,16 +61,8 @@ def bench_critic(engine: Engine, critic: CriticGraph, seconds: float, actor_hz: 
     t_actor = _time(lambda: actor_once([]), dev, 30, warmup=3)
 
     def naive_row(lat):
-        stop = threading.Event()
-
-        th = threading.Thread(target=periodic, args=(lambda _: critic.evaluate(1.0), [], 1.0 / critic_hz, math.inf),
-                              kwargs={"until": stop.is_set})
-        th.start()
-        try:
-            periodic_actor(lat, time.perf_counter() + seconds)
-        finally:
-            stop.set()
-            th.join()
+        beside(lambda _: critic.evaluate(1.0), 1.0 / critic_hz,
+               lambda: periodic_actor(lat, time.perf_counter() + seconds))
 
     def scheduler_row(lat, readings):
         sched = MultiRateScheduler([
