@@ -1,11 +1,14 @@
-"""The built-in engine's opt-in compiled actor is kept only behind its equivalence gate: on seeded
-probe inputs the compiled actor's chunk must match the plain actor's (cosine >= COMPILE_MIN_COS),
-else the plain actor runs and a note says so. CPU (inductor's C++ backend), the shipped reference
-policy."""
+"""A compiled fast path is kept only behind its equivalence gate: on seeded probe inputs its chunk must
+match the plain path's (cosine >= COMPILE_MIN_COS), else start-up stops with FastPathRefused naming the
+numbers (no fallback, silent or loud). CPU (inductor's C++ backend): the built-in engine on the shipped
+reference policy, the LeRobot engine on the tiny π0.5 fixture."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from flashrt_ros.engines import builtin
+from flashrt_ros.engines.base import FastPathRefused
 from flashrt_ros.engines.builtin import Engine
 
 
@@ -33,7 +36,16 @@ def test_the_compiled_actor_passes_its_gate_and_gives_the_plain_chunk(scene):
     assert float(np.abs(a.positions).max()) > 0.05          # a real chunk, not zeros
 
 
-def test_a_compiled_actor_below_the_gate_is_refused_and_the_plain_actor_runs(scene, monkeypatch):
+def test_a_compiled_actor_below_the_gate_stops_start_up_with_the_numbers(scene, monkeypatch):
     monkeypatch.setattr(builtin, "COMPILE_MIN_COS", 1.5)     # no cosine reaches it: the gate must refuse
-    fast = Engine(device="cpu", compile_actor=True)
-    assert fast.notes[0].startswith("compile: refused") and fast._actor_call is fast.actor
+    with pytest.raises(FastPathRefused, match=r"compiled actor refused by its start-up gate: cosine [01]\.\d+ .*< 1\.5"
+                                             r".*compile: false"):
+        Engine(device="cpu", compile_actor=True)
+
+
+def test_a_lerobot_fast_path_below_the_gate_stops_start_up_with_the_numbers(monkeypatch):
+    from flashrt_ros.engines import lerobot
+    ckpt = Path(__file__).parent / "fixtures" / "lerobot_pi05_tiny"
+    monkeypatch.setattr(lerobot, "COMPILE_MIN_COS", 1.5)
+    with pytest.raises(FastPathRefused, match=r"compiled fast path refused by its start-up gate: cosine [01]\.\d+ .*< 1\.5"):
+        lerobot.LerobotEngine(ckpt, device="cpu", compile_actor=True)

@@ -11,6 +11,27 @@ from flashrt_ros.runtime import BufferSet
 from flashrt_ros.runtime.kernels import Postprocessor
 
 MAX_TEXT_BYTES = 1024
+COMPILE_MIN_COS = 0.9999   # a fast path's start-up equivalence gate against the plain path
+
+
+class FastPathRefused(RuntimeError):
+    """A fast path (compiled layers, fused kernels) failed its start-up gate against the plain path."""
+
+
+def compile_gate(plain: torch.Tensor, fast: torch.Tensor, what: str, min_cos: float | None = None) -> dict:
+    """The fast path's start-up gate: cosine of its output against the plain path's on the same seeded
+    probe must reach min_cos (default COMPILE_MIN_COS). Returns the numbers, or raises FastPathRefused
+    with them: a refused fast path stops start-up, it never falls back to the plain path silently (or
+    loudly). `compile: false` runs the plain path on purpose."""
+    plain, fast = plain.double().flatten(), fast.double().flatten()
+    cos = float(torch.nn.functional.cosine_similarity(plain, fast, dim=0))
+    gate = {"cos": cos, "max_abs": float((plain - fast).abs().max())}
+    need = COMPILE_MIN_COS if min_cos is None else min_cos
+    if not cos >= need:
+        raise FastPathRefused(f"{what} refused by its start-up gate: cosine {cos:.6f} vs the plain path < {need} "
+                              f"(max |diff| {gate['max_abs']:.3g}). Start with `compile: false` to run the plain "
+                              f"path, and report this")
+    return gate
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,10 @@ from flashrt_ros.models.tokenizer import WordTokenizer
 from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
 from flashrt_ros.runtime.kernels import Postprocessor, Preprocessor
 
-from .base import MAX_TEXT_BYTES, ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
+from .base import COMPILE_MIN_COS, MAX_TEXT_BYTES, ChunkIO, ChunkResult, _on, action_start, check_joints, check_text, compile_gate
 
 
 RTC_MODES = ("guided", "trained")
-COMPILE_MIN_COS = 0.9999   # the compiled actor's equivalence gate against the plain one
 
 
 class Engine:
@@ -129,8 +128,8 @@ class Engine:
 
     # --- graphs --------------------------------------------------------------------------------
     def _compile_gated(self):
-        """torch.compile the actor and keep it only if, on seeded probe inputs, its chunk matches the plain
-        actor's (cosine >= COMPILE_MIN_COS); otherwise the plain actor runs and a note says why."""
+        """torch.compile the actor behind its equivalence gate: on seeded probe inputs its chunk must match
+        the plain actor's (base.compile_gate: cosine >= COMPILE_MIN_COS), else start-up stops (FastPathRefused)."""
         c, dev, dt = self.config, self.device, self.dtype
         g = torch.Generator().manual_seed(0)
         probe = (torch.rand(1, c.n_cameras, 3, c.image_size, c.image_size, generator=g) * 2 - 1,
@@ -139,15 +138,10 @@ class Engine:
         probe = [t.to(dev) if t.dtype == torch.int64 else t.to(dev, dt) for t in probe]
         compiled = torch.compile(self.actor, dynamic=False)
         with torch.inference_mode():
-            plain = self.actor(*probe).double()
-            fast = compiled(*probe).double()
-        cos = float(torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0))
-        self.gates["compile"] = {"cos": cos, "max_abs": float((plain - fast).abs().max())}
-        if not cos >= COMPILE_MIN_COS:
-            self.notes.append(f"compile: refused, cosine {cos:.6f} vs the plain actor < {COMPILE_MIN_COS}: "
-                              f"running uncompiled")
-            return self.actor
-        self.notes.append(f"compile: actor compiled, cosine {cos:.7f} vs the plain actor")
+            plain = self.actor(*probe)
+            fast = compiled(*probe)
+        self.gates["compile"] = compile_gate(plain, fast, "compile: the compiled actor", COMPILE_MIN_COS)
+        self.notes.append(f"compile: actor compiled, cosine {self.gates['compile']['cos']:.7f} vs the plain actor")
         return compiled
 
     def _actor_fn(self, b: BufferSet) -> None:

@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .base import ChunkIO, ChunkResult, _on, action_start, check_joints, check_text
+from .base import COMPILE_MIN_COS, ChunkIO, ChunkResult, _on, action_start, check_joints, check_text, compile_gate
 from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.models.lerobot.loader import PolicyDirError
 from flashrt_ros.models.lerobot.quant import (QUANT_MAX_ERROR_RATIO, QUANT_MIN_COS, WEIGHT_MODES, fp8_supported,
@@ -51,7 +51,6 @@ from flashrt_ros.runtime import triton_kernels as tk
 DEFAULT_CHUNK_DT = 0.02
 MAX_FRAME_BYTES = 1920 * 1200 * 4   # per camera: the static frame buffer (a larger frame is refused, named)
 FRAME_KERNEL_MAX_ABS = 1e-5          # the frame kernel's start-up gate vs LeRobot's torch ops (float32)
-COMPILE_MIN_COS = 0.9999   # the compiled fast path's equivalence gate (docs/design/lerobot.md)  # LeRobot checkpoints do not record the control period: set `chunk_dt`
 RTC_MODES = ("guided", "trained")
 FRAME_BUFFERS = ("actor.frames", "actor.frame_geometry", "actor.frame_scales")
 RTC_TRAINED_UNSUPPORTED = (
@@ -189,33 +188,24 @@ class LerobotEngine:
                           f"{q['mean_abs']:.3g} = {g['error_ratio']:.2f}x bf16's ({g['bf16']['mean_abs']:.3g})")
 
     def _compile_gated(self, n_cameras: int) -> None:
-        """Opt-in: torch.compile the network's layers (fused elementwise chains), kept only if its output
-        matches the plain path on seeded inputs (cosine >= COMPILE_MIN_COS); otherwise the plain path
-        runs and a note says why. Compilation happens here, before the graph is captured."""
+        """The fast path (compiled layers; on a GPU the Triton attention, optionally the fused expert) behind
+        its start-up gate: on seeded inputs its chunk must match the plain path's (base.compile_gate: cosine
+        >= COMPILE_MIN_COS), else start-up stops (FastPathRefused). Compilation happens here, before the
+        graph is captured."""
         net = self.policy.model
         if not hasattr(net, "compile_layers"):
-            raise PolicyDirError(f"compile: the {self.policy.kind} network has no compiled path (π0/π0.5 only)")
+            raise PolicyDirError(f"compile: the {self.policy.kind} network has no compiled path")
         probe = {k: v.to(self.device) for k, v in self.policy.probe_inputs(n_cameras).items()}
         t0 = time.perf_counter()
         with torch.inference_mode():
-            plain = net(*probe.values()).double()
+            plain = net(*probe.values())
             net.compile_layers(kernels=self.device.type == "cuda", fused=self.fused_expert)
-            fast = net(*probe.values()).double()
-        cos = float(torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0))
-        self.gates["compile"] = {"cos": cos, "max_abs": float((plain - fast).abs().max()),
-                                 "kernels": self.device.type == "cuda", "fused_expert": net._fused}
-        if not cos >= COMPILE_MIN_COS and net._fused:
-            raise RuntimeError(f"fused_expert: the fused expert kernels refused by the start-up gate: cosine "
-                               f"{cos:.6f} vs the plain path < {COMPILE_MIN_COS} (max |diff| "
-                               f"{self.gates['compile']['max_abs']:.3g}). Start without fused_expert")
-        if not cos >= COMPILE_MIN_COS:
-            net.compile_layers(False)
-            self.notes.append(f"compile: refused, cosine {cos:.6f} vs the plain path < {COMPILE_MIN_COS}: "
-                              f"running uncompiled")
-        else:
-            self.notes.append(f"compile: layers compiled{' (expert: fused kernels)' if net._fused else ''} in "
-                              f"{time.perf_counter() - t0:.1f} s, cosine {cos:.7f} "
-                              f"vs the plain path")
+            fast = net(*probe.values())
+        what = "fused_expert: the fused expert kernels" if net._fused else "compile: the compiled fast path"
+        gate = compile_gate(plain, fast, what, COMPILE_MIN_COS)
+        self.gates["compile"] = {**gate, "kernels": self.device.type == "cuda", "fused_expert": net._fused}
+        self.notes.append(f"compile: layers compiled{' (expert: fused kernels)' if net._fused else ''} in "
+                          f"{time.perf_counter() - t0:.1f} s, cosine {gate['cos']:.7f} vs the plain path")
 
     # --- camera frames ---------------------------------------------------------------------------------
     def _init_frames(self, n: int, capacity: int) -> None:

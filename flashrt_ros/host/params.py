@@ -100,8 +100,8 @@ PARAMS: tuple[Param, ...] = (
     Param("seed", int, 0, "seed of the flow-matching noise (runs are reproducible per seed)", _in(0, 2**31 - 1)),
     Param("planner_pieces", int, 1, "graphs the planner is cut into, so the actor can run between them", _in(1, 64)),
     Param("compile", str, "auto", "the actor's fast path (LeRobot π0/π0.5: compiled layers + Triton attention; "
-          "built-in engine: torch.compile), each gated at start-up against the plain path (cosine >= 0.9999): "
-          "'auto' = on a GPU where the engine has one, 'true', 'false' (the plain graph). Start-up takes longer "
+          "built-in engine: torch.compile), each gated at start-up against the plain path (cosine >= 0.9999; "
+          "below it start-up stops, no fallback): 'auto' = on a GPU where the engine has one, 'true', 'false' (the plain graph). Start-up takes longer "
           "with it (tens of seconds per camera count)", lambda v: None if v.strip().lower() in ("auto", "true", "false")
           else "'auto', 'true' or 'false'"),
     Param("weights", str, "bf16", "LeRobot checkpoints: 'bf16', or weight-only 'fp8' (Hopper/Blackwell) / 'int8' "
