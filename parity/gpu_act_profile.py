@@ -5,8 +5,8 @@
 The tiny fixture policies (or --full: full-size seeded ones), bf16, the engine's defaults, two 640x480
 rgb8 frames. Rows: act() and the chunk graph's replay alone (p50,
 synchronised); then act()'s steps run one by one as act() runs them, each timed on the host, with a
-device synchronisation after each (so a step's time includes the device work it queued): normalise
-and write the state, (π0.5) the prompt, the frames, the noise, the replay, the postprocess + D2H.
+device synchronisation after each (so a step's time includes the device work it queued): the frames,
+normalise and write the state, (π0.5) the prompt, the noise and q0, the replay (its last kernels: the postprocess and the D2H copies), the collect.
 """
 from __future__ import annotations
 
@@ -49,17 +49,17 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None) -> dict:
     for i in range(iters):
         qq = step("check joints", lambda: check_joints(q, p.state_dim))
         q0 = action_start(qq, None, e.config.action_dim)
-        state = step("normalise state", lambda: p.normalize_state(torch.from_numpy(qq)[None]))
-        padded = torch.nn.functional.pad(state, (0, e.buffers["actor.state"].shape[1] - state.shape[1]))
-        step("write state", lambda: e.buffers.write("actor.state", padded, stream=s))
+        step("frames (copy, H2D, geometry)", lambda: e._write_frames(images, enc, s))
+        state = step("normalise state", lambda: p.normalize_state_np(qq))
+        e._state_host[0, : state.shape[0]] = state
+        step("write state", lambda: e.buffers.write("actor.state", e._state_host, stream=s))
         if not e.prompt_in_channel:
-            tok = step("prompt + tokenize", lambda: p.tokenize(p.prompt(e._subtask.text, state[0].numpy())))
+            tok = step("prompt + tokenize", lambda: p.tokenize(p.prompt(e._subtask.text, state)))
             step("write prompt", lambda: e.buffers.write(
                 "actor.prompt", np.concatenate([tok[0], tok[1].astype(np.int64)])[None], stream=s))
-        step("frames (copy, H2D, geometry)", lambda: e._write_frames(images, enc, s))
-        step("noise", lambda: e.chunk_io.write_noise(i, s))
-        step("graph replay", e.actor_graph.replay)
-        step("postprocess + D2H", lambda: e.chunk_io.fetch(q0, s))
+        step("noise + q0", lambda: e.chunk_io.write_inputs(i, q0, s))
+        step("graph replay (incl. postprocess + D2H)", e.actor_graph.replay)
+        step("collect", lambda: e.chunk_io.collect(s))
     out["steps_p50_ms"] = {k: float(np.median(v) * 1e3) for k, v in steps.items()}
     return out
 

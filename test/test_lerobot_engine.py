@@ -279,3 +279,20 @@ def test_reset_restores_the_start_up_state(fresh):
     np.testing.assert_array_equal(again.positions, first.positions)
     np.testing.assert_array_equal(again.velocities, first.velocities)
     assert (again.subtask_version, again.subtask_text) == (first.subtask_version, TASK)
+
+
+@pytest.mark.parametrize("mode", ["MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10", "IDENTITY"])
+def test_the_per_chunk_numpy_state_normalisation_is_torch_s_bit_for_bit(mode):
+    """act() normalises the state with numpy (no torch dispatch per chunk); π0.5 writes the result into
+    its prompt as bins, so it must be LeRobot's torch arithmetic exactly, a zero span included."""
+    from flashrt_ros.models.lerobot.processing import Normalizer
+    g = torch.Generator().manual_seed(1)
+    lo, hi = torch.randn(7, generator=g), torch.randn(7, generator=g).abs() + 0.1
+    hi[2] = 0.0
+    lo[2] = 0.0    # a joint that never moved in the data: span 0 -> eps
+    stats = {"mean": lo, "std": hi, "min": lo, "max": lo + hi, "q01": lo, "q99": lo + hi, "q10": lo, "q90": lo + hi}
+    norm = Normalizer("observation.state", mode, stats)
+    x = torch.randn(1000, 7, generator=g) * 3
+    want = norm.normalize(x).numpy()
+    got = np.stack([norm.normalize_np(row) for row in x.numpy()])
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))

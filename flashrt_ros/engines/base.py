@@ -79,39 +79,43 @@ def action_start(state: np.ndarray, action_origin, action_dim: int) -> np.ndarra
 
 
 class ChunkIO:
-    """What every engine does around its actor graph: the flow-matching noise into "actor.noise",
-    drawn on the CPU from (seed, chunk_seq) so a chunk is the same on every device and in every
-    replay; after the replay, the postprocess kernel on "actor.actions" and one pinned D2H copy of
-    positions, velocities, the non-finite flag and the subtask version the graph read."""
+    """What every engine does around its actor graph. Before the replay: the flow-matching noise into
+    "actor.noise", drawn on the CPU from (seed, chunk_seq) so a chunk is the same on every device and in
+    every replay, and the joint state the velocities start from into "actor.q0". Inside the graph, at its
+    end (in_graph): the postprocess kernel on "actor.actions" and the copies of positions, velocities, the
+    non-finite flag and the subtask version the graph read into pinned host memory, so after the replay
+    only a stream synchronisation is left (collect)."""
 
     def __init__(self, buffers: BufferSet, postprocess: Postprocessor, seed: int):
         self.buffers, self.postprocess, self.seed = buffers, postprocess, int(seed)
         on_gpu = buffers.device.type == "cuda"
-        H, D = buffers["actor.actions"].shape[-2:]
-        self._host_out = torch.empty((2, H, D), dtype=torch.float32, pin_memory=on_gpu)
+        D = buffers["actor.actions"].shape[-1]
+        buffers.declare("actor.q0", (D,), torch.float32)
         self._host_version = torch.empty(1, dtype=torch.int64, pin_memory=on_gpu)
-        self._host_nonfinite = torch.empty(1, dtype=torch.int32, pin_memory=on_gpu)  # same dtype: no conversion
         self._noise_gen = torch.Generator()
         self._noise_host = torch.empty(tuple(buffers["actor.noise"].shape), dtype=torch.float32)
 
-    def write_noise(self, chunk_seq: int, stream) -> None:
+    def write_inputs(self, chunk_seq: int, q0: np.ndarray, stream) -> None:
+        """The noise of (seed, chunk_seq) and q0 (where the commanded joints are, [action_dim])."""
         self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
         torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
         self.buffers.write("actor.noise", self._noise_host, stream=stream)
+        self.buffers.write("actor.q0", q0, stream=stream)
 
-    def fetch(self, q: np.ndarray, stream) -> tuple[np.ndarray, np.ndarray, bool, int]:
-        """(positions, velocities, nonfinite, subtask version read by the graph) on the host."""
-        with _on(stream):
-            out = self.postprocess.launch(self.buffers["actor.actions"][0], q)
-            self._host_out[0].copy_(out.positions, non_blocking=True)
-            self._host_out[1].copy_(out.velocities, non_blocking=True)
-            self._host_nonfinite.copy_(out.nonfinite, non_blocking=True)
-            self._host_version.copy_(self.buffers["actor.subtask_version"], non_blocking=True)
+    def in_graph(self, b: BufferSet) -> None:
+        """The last step of an actor graph: postprocess and queue the results' copies to the host."""
+        self.postprocess.launch_to_host(b["actor.actions"][0], b["actor.q0"])
+        if b.device.type == "cuda":
+            self.postprocess.d2h(self._host_version, b["actor.subtask_version"])
+
+    def collect(self, stream) -> tuple[np.ndarray, np.ndarray, bool, int]:
+        """(positions, velocities, nonfinite, subtask version read by the graph) on the host, once the
+        replay on `stream` has finished."""
         if stream is not None:
             stream.synchronize()
-        return (self._host_out[0].numpy().copy(), self._host_out[1].numpy().copy(),
-                bool(self._host_nonfinite[0] != 0), int(self._host_version[0]))
-
+        host = self.postprocess.host_result()
+        version = self._host_version if self.buffers.device.type == "cuda" else self.buffers["actor.subtask_version"]
+        return host.positions, host.velocities, host.nonfinite != 0, int(version[0])
 
 
 class _NullContext:

@@ -100,7 +100,7 @@ class Engine:
 
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
-            reads=["actor.images", "actor.state", "actor.noise", "subtask.slots", "subtask.state"],
+            reads=["actor.images", "actor.state", "actor.noise", "actor.q0", "subtask.slots", "subtask.state"],
             writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
         # Real-time chunking (only when asked for: the second graph costs its capture and, on a GPU,
         # its memory): a second graph over the same buffers plus the prefix and its weights
@@ -115,7 +115,7 @@ class Engine:
             self._weights_host = torch.zeros((1, H, 1), dtype=torch.float32)
             self.rtc_graph = StaticGraph(
                 f"actor.rtc_{rtc_mode}", self._actor_rtc_fn, b,
-                reads=["actor.images", "actor.state", "actor.noise", "actor.prefix", "actor.prefix_weights",
+                reads=["actor.images", "actor.state", "actor.noise", "actor.q0", "actor.prefix", "actor.prefix_weights",
                        "subtask.slots", "subtask.state"],
                 writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
                 grad=rtc_mode == "guided").capture()
@@ -151,6 +151,7 @@ class Engine:
                                    b["actor.noise"].to(dt))
         b["actor.actions"].copy_(actions)
         b["actor.subtask_version"].copy_(version)
+        self.chunk_io.in_graph(b)
 
     def _actor_rtc_fn(self, b: BufferSet) -> None:
         """The actor with a prefix: encode, then the RTC denoise loop (Actor.denoise_rtc). Guided
@@ -166,6 +167,7 @@ class Engine:
                                         b["actor.prefix_weights"].to(dt), self.rtc_mode, self._rtc_settings)
             b["actor.actions"].copy_(actions.detach())
             b["actor.subtask_version"].copy_(version)
+        self.chunk_io.in_graph(b)
 
     def _planner_graphs(self, pieces: int) -> list[StaticGraph]:
         """The planner as `pieces` graphs over static activations, so the scheduler can slot the
@@ -316,9 +318,9 @@ class Engine:
         stream = self.actor_stream
         self._load_images("actor.images", images, encodings, stream=stream)
         self.buffers.write("actor.state", q[None], stream=stream)
-        self.chunk_io.write_noise(chunk_seq, stream)
+        self.chunk_io.write_inputs(chunk_seq, q0, stream)
         graph.replay()
-        positions, velocities, nonfinite, version = self.chunk_io.fetch(q0, stream)
+        positions, velocities, nonfinite, version = self.chunk_io.collect(stream)
         return ChunkResult(
             chunk_seq=int(chunk_seq), positions=positions, velocities=velocities, dt=self.config.chunk_dt,
             subtask_version=version, subtask_text=self._subtask_texts.get(version, ""), nonfinite=nonfinite,

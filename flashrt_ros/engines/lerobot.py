@@ -145,6 +145,7 @@ class LerobotEngine:
         b.declare("actor.images", (1, n, 3, R, R), torch.float32)
         self._init_frames(n, int(max_frame_bytes))
         b.declare("actor.state", (1, int(p.config["max_state_dim"])), torch.float32)
+        self._state_host = np.zeros((1, int(p.config["max_state_dim"])), np.float32)
         b.declare("actor.prompt", (1, 2 * L), torch.int64)       # π0.5: this chunk's prompt
         b.declare("actor.noise", (1, H, int(p.config["max_action_dim"])), torch.float32)
         b.declare("actor.actions", (1, H, D), torch.float32)     # normalised, before the post kernel
@@ -158,7 +159,7 @@ class LerobotEngine:
         self.chunk_io = ChunkIO(b, self.postprocess, self.seed)
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
-            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state"],
+            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "actor.q0", "subtask.slots", "subtask.state"],
             writes=["actor.images", "actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
         self.rtc_graph: StaticGraph | None = None
         if rtc is not None:
@@ -219,6 +220,7 @@ class LerobotEngine:
         self._pad = (bool(net.pad_centred), bool(net.pad_clamp))
         self._geometry_host = np.zeros((n, tk.GEOMETRY_FIELDS), np.int32)
         self._scales_host = np.zeros((n, 2), np.float32)
+        self._geometry_written = None   # what the geometry buffers hold (None: unknown, write them)
         self._frames_staging = self._frames_np = self._frames_copied = None
         if self.device.type != "cuda":
             return
@@ -279,8 +281,11 @@ class LerobotEngine:
             if self._frames_copied is None:
                 self._frames_copied = torch.cuda.Event()
             self._frames_copied.record(stream)
-        self.buffers.write("actor.frame_geometry", self._geometry_host, stream=stream)
-        self.buffers.write("actor.frame_scales", self._scales_host, stream=stream)
+        if self._geometry_written is None or not (np.array_equal(self._geometry_written[0], self._geometry_host)
+                                                  and np.array_equal(self._geometry_written[1], self._scales_host)):
+            self.buffers.write("actor.frame_geometry", self._geometry_host, stream=stream)
+            self.buffers.write("actor.frame_scales", self._scales_host, stream=stream)
+            self._geometry_written = (self._geometry_host.copy(), self._scales_host.copy())
 
     def _frames_to_images(self, b: BufferSet) -> None:
         images = b["actor.images"][0]
@@ -305,6 +310,7 @@ class LerobotEngine:
                              guidance=guidance)
         b["actor.actions"].copy_(out[..., : self.policy.action_dim])
         b["actor.subtask_version"].copy_(version)
+        self.chunk_io.in_graph(b)
 
     def capture_rtc_graph(self, rtc: RtcSettings) -> StaticGraph:
         """The guided actor graph for `rtc` over the engine's buffers (the constructor captures the one
@@ -314,7 +320,7 @@ class LerobotEngine:
                                        rtc.jacobian))
         return StaticGraph(
             f"actor_rtc_{rtc.jacobian}", guided_fn, self.buffers,
-            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "subtask.slots", "subtask.state",
+            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "actor.q0", "subtask.slots", "subtask.state",
                    "actor.rtc_prefix", "actor.rtc_weights"],
             writes=["actor.images", "actor.actions", "actor.subtask_version"], stream=self.actor_stream,
             grad=rtc.jacobian == "vjp").capture()
@@ -379,6 +385,7 @@ class LerobotEngine:
         with self.channel.lock:
             self.capsules.restore("initial")
             self.channel.reset_host_state()
+            self._geometry_written = None   # the capsule rewrote the geometry buffers
         self.synchronize()
         self._task_text = ""
         self._subtask = SubtaskState(0, "", "none")
@@ -407,22 +414,22 @@ class LerobotEngine:
             raise ValueError(f"the policy takes {self.config.n_cameras} camera image(s) {p.camera_keys}, got "
                              f"{len(images)} images and {len(encodings)} encodings")
         stream = self.actor_stream
-        state = p.normalize_state(torch.from_numpy(q)[None])
-        padded = torch.nn.functional.pad(state, (0, self.buffers["actor.state"].shape[1] - state.shape[1]))
-        self.buffers.write("actor.state", padded, stream=stream)
+        self._write_frames(images, encodings, stream)   # first: its copy runs while the rest is prepared
+        state = p.normalize_state_np(q)
+        self._state_host[0, : state.shape[0]] = state     # zero-padded to max_state_dim
+        self.buffers.write("actor.state", self._state_host, stream=stream)
         subtask = self._subtask
         if not self.prompt_in_channel:
-            tokens, mask = p.tokenize(p.prompt(subtask.text, state[0].numpy()))
+            tokens, mask = p.tokenize(p.prompt(subtask.text, state))
             self.buffers.write("actor.prompt", np.concatenate([tokens, mask.astype(np.int64)])[None], stream=stream)
-        self._write_frames(images, encodings, stream)
-        self.chunk_io.write_noise(chunk_seq, stream)
+        self.chunk_io.write_inputs(chunk_seq, q0, stream)
         if rtc_in is not None:
             self.buffers.write("actor.rtc_prefix", rtc_in[0], stream=stream)
             self.buffers.write("actor.rtc_weights", rtc_in[1], stream=stream)
             self.rtc_graph.replay()
         else:
             self.actor_graph.replay()
-        positions, velocities, nonfinite, version = self.chunk_io.fetch(q0, stream)
+        positions, velocities, nonfinite, version = self.chunk_io.collect(stream)
         if self.prompt_in_channel:
             text = self.channel.state.text if version == self.channel.state.version else ""
         else:

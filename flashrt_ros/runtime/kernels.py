@@ -647,13 +647,32 @@ class Postprocessor:
             lane.d2h(self._out_pinned.data_ptr(), self._out.data_ptr(), self._out.numel() * 4, stream)
             lane.pinned_in_use(stream)
             lane.wait_pinned()
-            host = self._out_pinned.numpy()
         elif self.device.type == "cuda":
             self._out_pinned.copy_(self._out, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
-            host = self._out_pinned.numpy()
+        return self.host_result()
+
+    def launch_to_host(self, actions, q0) -> None:
+        """launch(), then queue the copy of its result into pinned host memory; nothing waits, so it can
+        be captured into a CUDA graph with the network that writes `actions` (q0 then a device tensor:
+        a buffer written before each replay). host_result() reads the copy once the stream is synchronised."""
+        self.launch(actions, q0)
+        self.d2h(self._out_pinned if self.device.type == "cuda" else None, self._out)
+
+    def d2h(self, dst: torch.Tensor | None, src: torch.Tensor) -> None:
+        """Queue a device -> pinned host copy on the current stream (capturable: a raw async copy through
+        cupy's runtime, no allocator bookkeeping). On the CPU (dst None) there is nothing to copy."""
+        if dst is None:
+            return
+        if self.backend == "cupy":
+            lane = self._lane
+            lane.d2h(dst.data_ptr(), src.data_ptr(), src.numel() * src.element_size(), lane.stream())
         else:
-            host = self._out.numpy()
+            dst.copy_(src, non_blocking=True)
+
+    def host_result(self) -> HostChunk:
+        """The last result as host arrays (after launch_to_host and a synchronisation of its stream)."""
+        host = self._out_pinned.numpy() if self.device.type == "cuda" else self._out.numpy()
         hd = self.horizon * self.dim
         return HostChunk(
             host[:hd].reshape(self.horizon, self.dim).copy(),
@@ -664,7 +683,9 @@ class Postprocessor:
     def launch(self, actions, q0) -> ChunkArrays:
         actions = self._check_actions(actions)
         if self.backend != "cupy":
-            q0 = torch.as_tensor(_vector(q0), dtype=torch.float32).reshape(-1)
+            if not (isinstance(q0, torch.Tensor) and q0.device == self.device):
+                q0 = torch.as_tensor(_vector(q0), dtype=torch.float32)
+            q0 = q0.reshape(-1)
             self._check_q0(q0)
             ref = postprocess_reference(actions, q0.to(self.device), self._joint[0], self._joint[1],
                                         self._joint[2:4].T, self._joint[4], self.dt)

@@ -57,6 +57,10 @@ class LerobotPolicy:
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         return self.pre[STATE_KEY].normalize(state) if STATE_KEY in self.pre else state.float()
 
+    def normalize_state_np(self, state: np.ndarray) -> np.ndarray:
+        """normalize_state on a float32 numpy vector [D], bit for bit (Normalizer.normalize_np)."""
+        return self.pre[STATE_KEY].normalize_np(state) if STATE_KEY in self.pre else np.asarray(state, np.float32)
+
     def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return self.post[ACTION_KEY].unnormalize(actions) if ACTION_KEY in self.post else actions.float()
 

@@ -33,6 +33,7 @@ class Normalizer:
                              f"{sorted(stats)}")
         self.key, self.mode, self.eps = key, mode, float(eps)
         self.stats = {k: v.to(torch.float32) for k, v in stats.items()}
+        self._np = None   # normalize_np's constants, made at its first call
 
     def _lo_span(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo_name, hi_name = {"MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
@@ -51,6 +52,26 @@ class Normalizer:
         if self.mode == "MIN_MAX":
             return 2 * (x - lo) / span - 1
         return 2.0 * (x - lo) / span - 1.0
+
+    def normalize_np(self, x: np.ndarray) -> np.ndarray:
+        """normalize() on a float32 numpy vector, bit for bit (the same float32 operations in the same
+        order, the constant terms computed once by torch): no torch dispatch on the per-chunk path."""
+        if self._np is None:
+            probe = torch.zeros_like(self._any())
+            if self.mode == "MEAN_STD":
+                self._np = (self.stats["mean"].numpy(), (self.stats["std"] + self.eps).numpy())
+            elif self.mode != "IDENTITY":
+                self._np = tuple(t.numpy() for t in self._lo_span(probe))
+            else:
+                self._np = ()
+        x = np.asarray(x, dtype=np.float32)
+        if self.mode == "IDENTITY":
+            return x.copy()
+        if self.mode == "MEAN_STD":
+            mean, denom = self._np
+            return (x - mean) / denom
+        lo, span = self._np
+        return np.float32(2) * (x - lo) / span - np.float32(1)
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float32)
