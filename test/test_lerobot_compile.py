@@ -95,3 +95,94 @@ def test_the_engine_keeps_the_compiled_path_only_behind_its_gate():
         chunks.append(engine.act(images, ["rgb8", "rgb8"], q, chunk_seq=3).positions)
     np.testing.assert_allclose(chunks[1], chunks[0], rtol=0, atol=1e-5)
     assert float(np.abs(chunks[0]).max()) > 0.1     # a real chunk, not zeros
+
+
+# --- SmolVLA's fast path (SmolVLA.compile_layers) ------------------------------------------------------
+# The tiny SmolVLA (4 VLM layers, 4 expert layers interleaving cross- and self-attention, 2 SigLIP layers,
+# grouped-query heads 4 on 2) written without LeRobot: test/smolvla_tiny.py.
+
+def smolvla_graphs() -> dict[str, int]:
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from flashrt_ros.models.lerobot import smolvla
+    kinds = {"vlm": smolvla.vlm_layer, "expert_self": smolvla.expert_self_layer,
+             "expert_cross": smolvla.expert_cross_layer, "vision": VisionLayer.forward}
+    return {kind: len(_debug_get_cache_entry_list(fn.__code__)) for kind, fn in kinds.items()}
+
+
+def smolvla_policy(tmp_path, **config):
+    from smolvla_tiny import write_smolvla_tiny
+    return load_policy(write_smolvla_tiny(tmp_path / "smolvla", **config), "cpu", "float32")
+
+
+def test_smolvla_compiled_layers_give_the_plain_actions_with_one_graph_per_layer_kind(tmp_path):
+    policy = smolvla_policy(tmp_path)
+    net = policy.model
+    assert len(net.expert) > 2 and any(net.cross) and not all(net.cross) and net.num_steps > 1
+    inputs = list(network_inputs(policy, n_cameras=2).values())
+    with torch.inference_mode():
+        plain = net(*inputs)
+        net.compile_layers()
+        compiled = net(*inputs)
+        again = net(*inputs)
+        assert smolvla_graphs() == {"vlm": 1, "expert_self": 1, "expert_cross": 1, "vision": 1}
+        net.compile_layers(False)
+        restored = net(*inputs)
+    assert float(plain.abs().max()) > 0.1
+    assert (compiled - plain).abs().max() <= 1e-5
+    assert torch.equal(again, compiled)
+    assert torch.equal(restored, plain)
+    assert smolvla_graphs() == {"vlm": 1, "expert_self": 1, "expert_cross": 1, "vision": 1}
+
+
+@pytest.mark.parametrize("layout", [{}, {"attention_mode": "self_attn"}, {"self_attn_every_n_layers": 3}])
+def test_smolvla_layer_functions_with_heads_folded_into_rows_are_the_plain_network(tmp_path, layout):
+    # the GPU's layout (grouped-query heads as rows, masks folded once per chunk) forced on the CPU; the
+    # "eager" backend runs the layer functions as written: the same ops as the modules, the same numbers
+    policy = smolvla_policy(tmp_path, **layout)
+    net = policy.model
+    inputs = list(network_inputs(policy, n_cameras=1, seed=3).values())
+    with torch.inference_mode():
+        plain = net(*inputs)
+        net.compile_layers(backend="eager")
+        net._fold = True
+        folded = net(*inputs)
+    assert net.text_dims.num_heads > net.text_dims.num_kv_heads   # there is something to fold
+    assert (folded - plain).abs().max() <= 1e-6
+
+
+def test_smolvla_fast_path_with_quantised_weights_and_no_fused_kernels(tmp_path):
+    from flashrt_ros.models.lerobot.quant import quantize_network
+    policy = smolvla_policy(tmp_path)
+    net = policy.model
+    inputs = list(network_inputs(policy, n_cameras=1).values())
+    with pytest.raises(NotImplementedError, match="not for SmolVLA"):
+        net.compile_layers(fused=True)
+    quantize_network(net, "int8")   # QuantLinear weights: one matmul each, through quant.linear
+    with torch.inference_mode():
+        plain = net(*inputs)
+        net.compile_layers(backend="eager")
+        fast = net(*inputs)
+    assert (fast - plain).abs().max() <= 1e-6
+
+
+def test_the_engine_serves_smolvla_through_its_gated_fast_path(tmp_path):
+    """compile: true with a SmolVLA checkpoint: the gate passes (note), the chunks equal the plain engine's."""
+    import numpy as np
+
+    from flashrt_ros.engines.lerobot import LerobotEngine
+    from smolvla_tiny import write_smolvla_tiny
+
+    ckpt = write_smolvla_tiny(tmp_path / "smolvla")
+    plain, fast = LerobotEngine(ckpt, device="cpu"), LerobotEngine(ckpt, device="cpu", compile_actor=True)
+    assert plain.notes == [] and len(fast.notes) == 1 and fast.notes[0].startswith("compile: layers compiled")
+    assert fast.gates["compile"]["cos"] >= 0.9999 and fast.policy.model._fast
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+    q = rng.normal(size=7).astype(np.float32)
+    chunks = []
+    for engine in (plain, fast):
+        engine.set_task("pick up the red cube")
+        chunks.append(engine.act(images, ["rgb8", "rgb8"], q, chunk_seq=3).positions)
+    np.testing.assert_allclose(chunks[1], chunks[0], rtol=0, atol=1e-5)
+    assert float(np.abs(chunks[0]).max()) > 0.1

@@ -168,3 +168,54 @@ def test_the_fused_engine_passes_its_gate_graph_equals_eager_and_act_allocates_n
     for i in range(50):
         e.act(images, ["rgb8", "bgr8"], q, chunk_seq=i)
     assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
+# --- SmolVLA's fast path (SmolVLA.compile_layers: compiled layer functions + the Triton row attention) ------
+def test_smolvla_fast_path_is_the_gpu_default_graph_equals_eager_and_act_allocates_nothing(tmp_path):
+    from flashrt_ros.engines.lerobot import COMPILE_MIN_COS, LerobotEngine
+    from smolvla_tiny import write_smolvla_tiny
+    e = LerobotEngine(write_smolvla_tiny(tmp_path / "smolvla"), device="cuda", dtype="bfloat16")
+    g = e.gates["compile"]
+    assert g["kernels"] and not g["fused_expert"] and g["cos"] >= COMPILE_MIN_COS, g
+    assert e.policy.model._fast and e.policy.model._kernels
+    e.set_task("pick up the red cube")
+    rng = np.random.default_rng(5)
+    q = rng.uniform(-0.3, 0.3, D).astype(np.float32)
+    images = _frames(rng, [(480, 640), (300, 200)])
+    e.act(images, ["rgb8", "bgr8"], q, chunk_seq=1)
+    graph_out = e.buffers.read("actor.actions")
+    with torch.inference_mode(), torch.cuda.stream(e.actor_stream):
+        e._actor_fn(e.buffers)
+    torch.cuda.synchronize()
+    assert np.array_equal(e.buffers.read("actor.actions"), graph_out)     # the graph is its function
+    assert float(np.abs(graph_out).max()) > 0.01
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for i in range(50):
+        e.act(images, ["rgb8", "bgr8"], q, chunk_seq=i)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
+def test_smolvla_full_size_fast_path_matches_the_plain_network():
+    # SmolVLM2-500M's dims (16 VLM layers, 15 heads on 5 K/V heads, head_dim 64: folded rows through the
+    # Triton kernel), default init, bf16, 2 cameras: the engine's gate (cos >= 0.9999) on the real shapes
+    from flashrt_ros.engines.lerobot import COMPILE_MIN_COS
+    from flashrt_ros.models.lerobot.smolvla import SMOLVLM2_500M, SmolVLA
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        net = SmolVLA({"num_vlm_layers": 16, "resize_imgs_with_padding": [512, 512]}, SMOLVLM2_500M)
+    net.finalize("cuda", torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    L = 48
+    mask = torch.zeros(1, L, dtype=torch.bool, device="cuda")
+    mask[:, :20] = True
+    inputs = [torch.rand(1, 2, 3, 512, 512, generator=g, device="cuda") * 2 - 1,
+              torch.ones(1, 2, dtype=torch.bool, device="cuda"),
+              torch.randint(3, 49000, (1, L), generator=g, device="cuda") * mask, mask,
+              torch.randn(1, 32, generator=g, device="cuda") * 0.5,
+              torch.randn(1, 50, 32, generator=g, device="cuda")]
+    with torch.inference_mode():
+        plain = net(*inputs).double()
+        net.compile_layers(kernels=True)
+        fast = net(*inputs).double()
+    cos = float(torch.nn.functional.cosine_similarity(plain.flatten(), fast.flatten(), dim=0))
+    assert torch.isfinite(fast).all() and cos >= COMPILE_MIN_COS, cos

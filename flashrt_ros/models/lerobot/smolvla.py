@@ -28,6 +28,13 @@ embeddings are a float32 table (`time_emb`, [num_steps, expert width]) built at 
 LeRobot details kept on purpose: RoPE uses wavelength 10000 whatever the VLM config's rope_theta says
 (LeRobot's own apply_rope ignores it; SmolVLM2's is 100000); the expert's cross-attention queries
 restart at position 0 while its self-attention ones continue after the prefix; the suffix is causal.
+The fast path (`compile_layers()`, the engine's default on a GPU): the Llama layers as plain functions
+of their weight tensors (vlm_layer, expert_self_layer, expert_cross_layer; q/k/v and gate/up one matmul
+each where the weights allow), torch.compile'd once per layer kind and shared by every layer and denoise
+step; the prefix's K/V in one preallocated cache with the action tokens' slots behind it (no per-step
+concatenation); on a GPU the grouped-query heads folded into rows and, with kernels=True, the attention
+through the Triton row kernel. compile_layers(False) is the plain module path above, untouched.
+
 Left out because nothing reads them: the last VLM layer's queries, attention output and MLP (only its
 K/V are used; its weights are still loaded), the VLM final norm and lm_head. Softmax and RMSNorm statistics are float32; in bfloat16 the attention runs through
 common.attention (SDPA) rather than LeRobot's fp32-upcast eager matmuls.
@@ -54,15 +61,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (additive_mask, apply_rope, attention, block_mask, euler_times, fit_state_dict,
-                     parameter_bytes, rope_cos_sin,
-                     sinusoidal_time_embedding)
+from .common import (additive_mask, aligned_rows, apply_rope, attention, block_mask, euler_times, fit_state_dict,
+                     fold_mask, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
 from ..rtc import Guidance, euler_guided
+from .quant import linear
 from .siglip import VisionTransformer
 
 ROPE_WAVELENGTH = 10_000.0  # LeRobot's apply_rope default, used regardless of the VLM's rope_theta
@@ -210,6 +218,118 @@ def pixel_shuffle(x: torch.Tensor, s: int) -> torch.Tensor:
     return x.reshape(n, seq // (s * s), d * s * s)
 
 
+# --- the fast path: the layers as functions of tensors ------------------------------------------------
+# The weights are arguments, not modules closed over: torch.compile guards on shapes and dtypes, not on
+# which layer it is given, so one compiled graph serves every layer of a kind and every denoise step
+# (SmolVLA.compile_layers). Same op order as the modules above (LlamaLayer, RMSNorm, MLP).
+
+class LlamaWeights(NamedTuple):
+    norm1: torch.Tensor     # input_layernorm.weight
+    norm2: torch.Tensor     # post_attention_layernorm.weight
+    qkv: tuple              # ((w, b),): [q; k; v] in one matmul, or ((wq, bq), (wk, bk), (wv, bv)); cross: ((wq, bq),)
+    o: tuple                # (w, b)
+    gate_up: tuple          # ((w, b),): [gate; up] in one matmul, or ((wg, bg), (wu, bu))
+    down: tuple             # (w, b)
+
+
+def layer_weights(layer: LlamaLayer, cross: bool = False) -> LlamaWeights:
+    """A LlamaLayer's tensors for the layer functions. Plain weights (not quantised) are concatenated
+    into one q/k/v and one gate/up matrix (new tensors: the modules keep theirs for the plain path);
+    quantised ones (QuantLinear: .weight is a QuantWeight) stay one matmul each. A cross-attention expert
+    layer's k/v read the VLM's K/V once per chunk, outside the layer: only its q is here."""
+    a, m = layer.self_attn, layer.mlp
+
+    def pair(lin):
+        return (lin.weight, lin.bias)
+
+    def joined(*lins):
+        ws, bs = [lin.weight for lin in lins], [lin.bias for lin in lins]
+        if len(lins) == 1 or not all(isinstance(w, torch.Tensor) for w in ws):
+            return tuple(pair(lin) for lin in lins)
+        if all(b is None for b in bs):
+            return ((torch.cat(ws), None),)
+        if all(isinstance(b, torch.Tensor) for b in bs):
+            return ((torch.cat(ws), torch.cat(bs)),)
+        return tuple(pair(lin) for lin in lins)
+    qkv = joined(a.q_proj) if cross else joined(a.q_proj, a.k_proj, a.v_proj)
+    return LlamaWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight, qkv, pair(a.o_proj),
+                        joined(m.gate_proj, m.up_proj), pair(m.down_proj))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm.forward as a function."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, T, H * hd] -> [B, H, T, hd]"""
+    return x.reshape(x.shape[0], x.shape[1], -1, head_dim).transpose(1, 2)
+
+
+def _qkv(h: torch.Tensor, w: LlamaWeights, kv_rows: int):
+    if len(w.qkv) == 1:
+        out = linear(h, *w.qkv[0])
+        return out.split([out.shape[-1] - 2 * kv_rows, kv_rows, kv_rows], dim=-1)
+    return tuple(linear(h, *p) for p in w.qkv)
+
+
+def _finish(x: torch.Tensor, att: torch.Tensor, w: LlamaWeights, eps: float) -> torch.Tensor:
+    """LlamaLayer.finish: the residual attention output, then the residual MLP."""
+    x = x + linear(att.to(w.norm1.dtype), *w.o)
+    h = rms_norm(x, w.norm2, eps)
+    if len(w.gate_up) == 1:
+        gate, up = linear(h, *w.gate_up[0]).chunk(2, dim=-1)
+    else:
+        gate, up = (linear(h, *p) for p in w.gate_up)
+    return x + linear(F.silu(gate) * up, *w.down)
+
+
+def _attend(q, k, v, mask, fast: bool) -> torch.Tensor:
+    # a mask with more rows than q has is folded (fold_mask): grouped-query heads as rows
+    return attention(q, k, v, mask, q.shape[-1] ** -0.5, mask.shape[-2] != q.shape[2], fast=fast)
+
+
+def vlm_kv(x, w: LlamaWeights, k_cache, v_cache, cos, sin, eps: float):
+    """A VLM layer's normed input and post-RoPE K/V (written to the caches' first T slots) and its q."""
+    hd, T = k_cache.shape[3], x.shape[1]
+    h = rms_norm(x, w.norm1, eps)
+    q, k, v = _qkv(h, w, k_cache.shape[1] * hd)
+    k = apply_rope(_heads(k, hd), cos, sin)
+    v = _heads(v, hd)
+    k_cache[:, :, :T] = k
+    v_cache[:, :, :T] = v
+    return q, k, v
+
+
+def vlm_layer(x, w: LlamaWeights, k_cache, v_cache, mask, cos, sin, eps: float, fast: bool = False) -> torch.Tensor:
+    """One SmolVLM text layer over the prefix x [B, P, W]; its K/V go to the caches' first P slots."""
+    q, k, v = vlm_kv(x, w, k_cache, v_cache, cos, sin, eps)
+    q = apply_rope(_heads(q, k_cache.shape[3]), cos, sin)
+    return _finish(x, _attend(q, k, v, mask, fast), w, eps)
+
+
+def expert_self_layer(x, w: LlamaWeights, k_cache, v_cache, mask, cos, sin, eps: float,
+                      fast: bool = False) -> torch.Tensor:
+    """An expert self-attention layer over the action tokens x [B, H, W]: its own K/V go to the caches'
+    last H slots (behind the paired VLM layer's prefix K/V) and it attends to all of them."""
+    hd, T = k_cache.shape[3], x.shape[1]
+    q, k, v = _qkv(rms_norm(x, w.norm1, eps), w, k_cache.shape[1] * hd)
+    start = k_cache.shape[2] - T
+    k_cache[:, :, start:] = apply_rope(_heads(k, hd), cos, sin)
+    v_cache[:, :, start:] = _heads(v, hd)
+    q = apply_rope(_heads(q, hd), cos, sin)
+    return _finish(x, _attend(q, k_cache, v_cache, mask, fast), w, eps)
+
+
+def expert_cross_layer(x, w: LlamaWeights, k, v, mask, cos, sin, eps: float, fast: bool = False) -> torch.Tensor:
+    """An expert cross-attention layer: its q over the action tokens attends to the paired VLM layer's
+    K/V projected by its own k_proj/v_proj (k, v [B, kv_heads, P, hd], once per chunk)."""
+    q = apply_rope(_heads(linear(rms_norm(x, w.norm1, eps), *w.qkv[0]), k.shape[3]), cos, sin)
+    return _finish(x, _attend(q, k, v, mask, fast), w, eps)
+
+
 class SmolVLA(nn.Module):
     """LeRobot's SmolVLA VLAFlowMatching for inference; forward() is the whole chunk (module docstring)."""
 
@@ -295,6 +415,12 @@ class SmolVLA(nn.Module):
         # The flow times are static (1, 1 - 1/K, ...): their embeddings are a float32 table [K, width].
         self.min_period, self.max_period = cfg.get("min_period", 4e-3), cfg.get("max_period", 4.0)
         self.register_buffer("time_emb", self._time_table(torch.device("cpu")), persistent=False)
+        self._fast = False      # compile_layers(): the layer functions (compiled) instead of the modules
+        self._kernels = False   # compile_layers(kernels=True): the Triton attention kernel on a GPU
+        self._fused = False     # no fused expert kernels for SmolVLA (the engine reads this)
+        self._fold: bool | None = None   # grouped-query heads as rows in the fast path (None: on CUDA; tests: True)
+        self._fast_weights: tuple | None = None   # (key, vlm LlamaWeights, expert LlamaWeights), built lazily
+        self._vlm_layer, self._expert_self, self._expert_cross = vlm_layer, expert_self_layer, expert_cross_layer
 
     def _time_table(self, device: torch.device) -> torch.Tensor:
         t = torch.tensor(euler_times(self.num_steps), dtype=torch.float32, device=device)
@@ -353,6 +479,54 @@ class SmolVLA(nn.Module):
         self.time_emb = self._time_table(self.action_in_proj.weight.device)
         return self
 
+    def compile_layers(self, enabled: bool = True, backend: str = "inductor", kernels: bool = False,
+                       fused: bool = False) -> "SmolVLA":
+        """The fast path (as Pi0.compile_layers): the VLM and expert layers run as the layer functions
+        above, torch.compile'd (dynamic=False, fullgraph=True, no cudagraph mode: the caller captures its
+        own CUDA graph around forward()), one graph per layer kind (VLM, expert self-attention, expert
+        cross-attention, SigLIP) and input shape, shared by all layers and steps. Matmuls stay cuBLAS.
+        Compilation happens at the first forward of each shape: run one before capturing.
+        kernels (CUDA): the attention through the Triton row kernel (grouped-query heads folded into
+        rows; common.attention fast=True) instead of SDPA. fused: π0/π0.5 only (raises).
+        compile_layers(False): the plain module path, exactly as before. RTC guidance (forward(...,
+        guidance=...)) always runs the plain path."""
+        if fused and enabled:
+            raise NotImplementedError("compile_layers(fused=True): the fused expert kernels are π0/π0.5's, "
+                                      "not for SmolVLA")
+        import torch._dynamo
+        for name in ("recompile_limit", "cache_size_limit"):   # see Pi0.compile_layers
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+        opts = dict(backend=backend, dynamic=False, fullgraph=True)
+
+        def maybe(fn):
+            return torch.compile(fn, **opts) if enabled else fn
+        self._fast, self._kernels, self._fused = bool(enabled), bool(enabled and kernels), False
+        self._vlm_layer, self._expert_self = maybe(vlm_layer), maybe(expert_self_layer)
+        self._expert_cross = maybe(expert_cross_layer)
+        self._fast_weights = None   # rebuilt at the next fast forward (or dropped: the plain path)
+        for layer in self.vision.encoder.layers:   # siglip.py's layer as it is: its bound forward, compiled
+            vars(layer).pop("forward", None)
+            if enabled:
+                layer.forward = maybe(layer.forward)
+        return self
+
+    def _layer_weights(self) -> tuple[list[LlamaWeights], list[LlamaWeights]]:
+        """The layer functions' weights, (re)built when the network's weights moved or changed dtype
+        (finalize / cast / quantisation after compile_layers)."""
+        def ref(lin):
+            w = lin.weight
+            t = w if isinstance(w, torch.Tensor) else w.q
+            return type(w).__name__, t.dtype, t.device, t.data_ptr()
+        key = tuple(ref(lin) for lin in (self.vlm[0].self_attn.q_proj, self.vlm[-1].mlp.down_proj,
+                                         self.expert[0].self_attn.q_proj, self.expert[-1].mlp.down_proj))
+        if self._fast_weights is None or self._fast_weights[0] != key:
+            with torch.no_grad():
+                self._fast_weights = (key, [layer_weights(layer) for layer in self.vlm],
+                                      [layer_weights(layer, cross) for layer, cross in
+                                       zip(self.expert, self.expert_cross)])
+        return self._fast_weights[1], self._fast_weights[2]
+
     # --- input edge --------------------------------------------------------------------------------
     def prepare_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Cameras [B, 3, H, W] in [0, 1] -> [B, n, 3, R, R] in [-1, 1] as LeRobot's SmolVLAPolicy feeds its
@@ -392,6 +566,8 @@ class SmolVLA(nn.Module):
         if extra > 0:  # static: LeRobot pads the prefix with invalid zero tokens up to prefix_length
             prefix = F.pad(prefix, (0, 0, 0, extra))
             pad, ar = F.pad(pad, (0, extra), value=False), F.pad(ar, (0, extra))
+        if self._fast and guidance is None:
+            return self._forward_fast(prefix, pad, ar, noise)
         prefix_k, prefix_v = self._encode_prefix(prefix, pad, ar)
 
         # Everything the steps share: masks, RoPE tables, the cross-attention layers' K/V.
@@ -466,3 +642,66 @@ class SmolVLA(nn.Module):
             x = layer.finish(x, att)
         x = self.expert_norm(x)
         return self.action_out_proj(x.to(self.action_out_proj.weight.dtype)).float()
+
+    # --- the fast path (compile_layers) ---------------------------------------------------------------
+    def _forward_fast(self, prefix, pad, ar, noise) -> torch.Tensor:
+        """forward() after the prefix embedding, through the layer functions: the same masks, positions
+        and order as the plain path; K/V in one cache [layers, B, kv_heads, P + chunk, hd] whose last
+        chunk slots the expert's self-attention layers write at every step; on a GPU the masks folded for
+        grouped-query heads as rows once here, not per call."""
+        dtype = self.action_in_proj.weight.dtype
+        td, ed = self.text_dims, self.expert_dims
+        B, P = pad.shape
+        H, dev = self.chunk_size, prefix.device
+        fold = prefix.is_cuda if self._fold is None else self._fold
+        w_vlm, w_exp = self._layer_weights()
+
+        # the prefix
+        mask = additive_mask(block_mask(pad, ar), prefix.dtype)
+        if fold:
+            mask = aligned_rows(fold_mask(mask, td.num_heads // td.num_kv_heads))
+        cos, sin = rope_cos_sin(torch.cumsum(pad, dim=1) - 1, td.head_dim, ROPE_WAVELENGTH)
+        k_cache, v_cache = prefix.new_empty(2, len(self.vlm), B, td.num_kv_heads, P + H, td.head_dim)
+        x = prefix
+        for i in range(len(self.vlm) - 1):
+            x = self._vlm_layer(x, w_vlm[i], k_cache[i], v_cache[i], mask, cos, sin, td.eps, self._kernels)
+        vlm_kv(x, w_vlm[-1], k_cache[-1], v_cache[-1], cos, sin, td.eps)   # the last layer: only its K/V
+
+        # what the steps share
+        suffix_pad = torch.ones(B, H, dtype=torch.bool, device=dev)
+        causal = block_mask(suffix_pad, torch.ones(B, H, dtype=torch.int64, device=dev))
+        prefix_allowed = pad[:, None, :].expand(B, H, P)
+        self_mask = additive_mask(torch.cat([prefix_allowed, causal], dim=2), dtype)
+        cross_mask = additive_mask(prefix_allowed, dtype)
+        if fold:
+            groups = ed.num_heads // ed.num_kv_heads
+            self_mask, cross_mask = aligned_rows(fold_mask(self_mask, groups)), aligned_rows(fold_mask(cross_mask, groups))
+        steps = torch.arange(H, device=dev)[None].expand(B, H)
+        self_rope = rope_cos_sin(pad.sum(dim=1, keepdim=True) + steps, ed.head_dim, ROPE_WAVELENGTH)
+        cross_rope = rope_cos_sin(steps, ed.head_dim, ROPE_WAVELENGTH)
+        cross_kv = {}
+        for i, j in enumerate(self.expert_of):
+            if j is not None and self.cross[i]:
+                attn = self.expert[j].self_attn
+                k_in = k_cache[i, :, :, :P].transpose(1, 2).reshape(B, P, -1)
+                v_in = v_cache[i, :, :, :P].transpose(1, 2).reshape(B, P, -1)
+                cross_kv[i] = attn.heads(attn.k_proj(k_in)), attn.heads(attn.v_proj(v_in))
+
+        x_t = noise.to(torch.float32)
+        dt = -1.0 / self.num_steps
+        for step in range(self.num_steps):
+            act = self.action_in_proj(x_t.to(dtype))
+            t = self.time_emb[step].to(dtype)[None, None].expand_as(act)
+            x = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([act, t], dim=2))))
+            for i, j in enumerate(self.expert_of):
+                if j is None:
+                    continue
+                if self.cross[i]:
+                    x = self._expert_cross(x, w_exp[j], *cross_kv[i], cross_mask, *cross_rope, ed.eps, self._kernels)
+                else:
+                    x = self._expert_self(x, w_exp[j], k_cache[i], v_cache[i], self_mask, *self_rope, ed.eps,
+                                          self._kernels)
+            x = self.expert_norm(x)
+            v_t = self.action_out_proj(x.to(self.action_out_proj.weight.dtype)).float()
+            x_t = x_t + dt * v_t
+        return x_t
