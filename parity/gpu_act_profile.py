@@ -6,7 +6,7 @@ The tiny fixture policies (or --full: full-size seeded ones), bf16, the engine's
 rgb8 frames. Rows: act() and the chunk graph's replay alone (p50,
 synchronised); then act()'s steps run one by one as act() runs them, each timed on the host, with a
 device synchronisation after each (so a step's time includes the device work it queued): the frames,
-normalise and write the state, (π0.5) the prompt, the noise and q0, the replay (its last kernels: the postprocess and the D2H copies), the collect.
+normalise the state, (π0.5) the prompt, the noise, their one write, the replay (its last kernels: the postprocess and the D2H copies), the collect.
 """
 from __future__ import annotations
 
@@ -52,12 +52,12 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None) -> dict:
         step("frames (copy, H2D, geometry)", lambda: e._write_frames(images, enc, s))
         state = step("normalise state", lambda: p.normalize_state_np(qq))
         e._state_host[0, : state.shape[0]] = state
-        step("write state", lambda: e.buffers.write("actor.state", e._state_host, stream=s))
+        inputs = {"actor.state": e._state_host}
         if not e.prompt_in_channel:
             tok = step("prompt + tokenize", lambda: p.tokenize(p.prompt(e._subtask.text, state)))
-            step("write prompt", lambda: e.buffers.write(
-                "actor.prompt", np.concatenate([tok[0], tok[1].astype(np.int64)])[None], stream=s))
-        step("noise + q0", lambda: e.chunk_io.write_inputs(i, q0, s))
+            inputs["actor.prompt"] = np.concatenate([tok[0], tok[1].astype(np.int64)])[None]
+        inputs.update(step("noise", lambda: e.chunk_io.inputs(i, q0)))
+        step("write inputs (one copy)", lambda: e.buffers.write_many(inputs, stream=s))
         step("graph replay (incl. postprocess + D2H)", e.actor_graph.replay)
         step("collect", lambda: e.chunk_io.collect(s))
     out["steps_p50_ms"] = {k: float(np.median(v) * 1e3) for k, v in steps.items()}

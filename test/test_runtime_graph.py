@@ -82,3 +82,33 @@ def test_cuda_graph_replay_equals_eager_and_allocates_nothing():
     g.synchronize()
     assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
     np.testing.assert_allclose(bufs.read("y"), 2 * x + 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the pinned block and its one copy need a GPU (CI has none)"))])
+def test_write_many_fills_every_buffer_in_one_copy_and_refuses_what_write_refuses(device):
+    """act()'s inputs (state, prompt ids, noise, q0) go in through one staging block: every buffer gets
+    exactly its value, dtypes of different sizes side by side, again and again without allocating."""
+    bufs = BufferSet(device)
+    bufs.declare("state", (1, 5), torch.float32)
+    bufs.declare("ids", (1, 7), torch.int64)
+    bufs.declare("noise", (3, 4), torch.float32)
+    names = ["state", "ids", "noise"]
+    bufs.prepare_many(names)
+    stream = torch.cuda.Stream() if device == "cuda" else None
+    rng = np.random.default_rng(0)
+    before = torch.cuda.memory_stats()["allocation.all.allocated"] if device == "cuda" else 0
+    for _ in range(20):
+        vals = {"state": rng.standard_normal((1, 5)).astype(np.float32),
+                "ids": rng.integers(0, 2**40, (1, 7)), "noise": rng.standard_normal((3, 4)).astype(np.float32)}
+        bufs.write_many(vals, stream=stream)
+        if stream is not None:
+            stream.synchronize()
+        for n in names:
+            assert np.array_equal(bufs.read(n), vals[n]), n
+    if device == "cuda":
+        assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+    with pytest.raises(BufferError, match="shape"):
+        bufs.write_many({"state": np.ones((1, 6), np.float32), "ids": vals["ids"], "noise": vals["noise"]})
+    with pytest.raises(BufferError, match="dtype"):
+        bufs.write_many({"state": vals["state"], "ids": np.ones((1, 7), np.float32), "noise": vals["noise"]})

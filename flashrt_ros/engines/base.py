@@ -79,9 +79,10 @@ def action_start(state: np.ndarray, action_origin, action_dim: int) -> np.ndarra
 
 
 class ChunkIO:
-    """What every engine does around its actor graph. Before the replay: the flow-matching noise into
-    "actor.noise", drawn on the CPU from (seed, chunk_seq) so a chunk is the same on every device and in
-    every replay, and the joint state the velocities start from into "actor.q0". Inside the graph, at its
+    """What every engine does around its actor graph. Before the replay (inputs(), written by the engine
+    with its own inputs in one copy): the flow-matching noise for "actor.noise", drawn on the CPU from
+    (seed, chunk_seq) so a chunk is the same on every device and in every replay, and the joint state the
+    velocities start from for "actor.q0". Inside the graph, at its
     end (in_graph): the postprocess kernel on "actor.actions" and the copies of positions, velocities, the
     non-finite flag and the subtask version the graph read into pinned host memory, so after the replay
     only a stream synchronisation is left (collect)."""
@@ -95,12 +96,12 @@ class ChunkIO:
         self._noise_gen = torch.Generator()
         self._noise_host = torch.empty(tuple(buffers["actor.noise"].shape), dtype=torch.float32)
 
-    def write_inputs(self, chunk_seq: int, q0: np.ndarray, stream) -> None:
-        """The noise of (seed, chunk_seq) and q0 (where the commanded joints are, [action_dim])."""
+    def inputs(self, chunk_seq: int, q0: np.ndarray) -> dict[str, np.ndarray]:
+        """The noise of (seed, chunk_seq) and q0 (where the commanded joints are, [action_dim]), for the
+        engine's one BufferSet.write_many of the chunk's inputs."""
         self._noise_gen.manual_seed(self.seed * 1_000_003 + int(chunk_seq))
         torch.randn(self._noise_host.shape, generator=self._noise_gen, out=self._noise_host)
-        self.buffers.write("actor.noise", self._noise_host, stream=stream)
-        self.buffers.write("actor.q0", q0, stream=stream)
+        return {"actor.noise": self._noise_host.numpy(), "actor.q0": q0}
 
     def in_graph(self, b: BufferSet) -> None:
         """The last step of an actor graph: postprocess and queue the results' copies to the host."""

@@ -97,6 +97,7 @@ class Engine:
         self.postprocess = Postprocessor(self.actor.action_mean.float().cpu(), self.actor.action_std.float().cpu(),
                                          limits, vmax, cfg.chunk_dt, H, self.device)
         self.chunk_io = ChunkIO(b, self.postprocess, self.seed)
+        b.prepare_many(["actor.state", "actor.noise", "actor.q0"])   # act()'s one input copy
 
         self.actor_graph = StaticGraph(
             "actor", self._actor_fn, b,
@@ -317,8 +318,7 @@ class Engine:
         graph = self.actor_graph if prefix is None else self._load_prefix(prefix, delay)
         stream = self.actor_stream
         self._load_images("actor.images", images, encodings, stream=stream)
-        self.buffers.write("actor.state", q[None], stream=stream)
-        self.chunk_io.write_inputs(chunk_seq, q0, stream)
+        self.buffers.write_many({"actor.state": q[None], **self.chunk_io.inputs(chunk_seq, q0)}, stream=stream)
         graph.replay()
         positions, velocities, nonfinite, version = self.chunk_io.collect(stream)
         return ChunkResult(

@@ -169,6 +169,10 @@ class LerobotEngine:
             self.notes.append(f"rtc: guided ({rtc.jacobian}), schedule {rtc.schedule}, execution horizon "
                               f"{rtc.execution_horizon}, max guidance weight {rtc.max_guidance_weight}: a second "
                               f"actor graph")
+        inputs = ["actor.state", *(() if self.prompt_in_channel else ("actor.prompt",)), "actor.noise", "actor.q0"]
+        b.prepare_many(inputs)   # act()'s one input copy (and with an RTC prefix)
+        if rtc is not None:
+            b.prepare_many([*inputs, "actor.rtc_prefix", "actor.rtc_weights"])
         self.capsules = CapsuleStore(b)
         self.capsules.snapshot("initial")
         self._task_text = ""
@@ -417,15 +421,16 @@ class LerobotEngine:
         self._write_frames(images, encodings, stream)   # first: its copy runs while the rest is prepared
         state = p.normalize_state_np(q)
         self._state_host[0, : state.shape[0]] = state     # zero-padded to max_state_dim
-        self.buffers.write("actor.state", self._state_host, stream=stream)
+        inputs = {"actor.state": self._state_host}
         subtask = self._subtask
         if not self.prompt_in_channel:
             tokens, mask = p.tokenize(p.prompt(subtask.text, state))
-            self.buffers.write("actor.prompt", np.concatenate([tokens, mask.astype(np.int64)])[None], stream=stream)
-        self.chunk_io.write_inputs(chunk_seq, q0, stream)
+            inputs["actor.prompt"] = np.concatenate([tokens, mask.astype(np.int64)])[None]
+        inputs.update(self.chunk_io.inputs(chunk_seq, q0))
         if rtc_in is not None:
-            self.buffers.write("actor.rtc_prefix", rtc_in[0], stream=stream)
-            self.buffers.write("actor.rtc_weights", rtc_in[1], stream=stream)
+            inputs.update({"actor.rtc_prefix": rtc_in[0], "actor.rtc_weights": rtc_in[1]})
+        self.buffers.write_many(inputs, stream=stream)     # one host-to-device copy for all of them
+        if rtc_in is not None:
             self.rtc_graph.replay()
         else:
             self.actor_graph.replay()

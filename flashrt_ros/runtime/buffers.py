@@ -23,6 +23,7 @@ class BufferSet:
         self.device = torch.device(device)
         self._tensors: dict[str, torch.Tensor] = {}
         self._staging: dict[str, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        self._blocks: dict[tuple, list] = {}   # write_many's staging blocks, one per set of names
         # Bumped whenever a tensor is bound or re-bound; graphs compare it before replay.
         self.generation = 0
 
@@ -100,6 +101,55 @@ class BufferSet:
             event.record(stream)
         self._staging[name] = (staging, event)
 
+    def prepare_many(self, names: Iterable[str]) -> None:
+        """Allocate write_many's staging block for these names now (start-up), not at the first write."""
+        self._block(tuple(names))
+
+    def write_many(self, values: dict[str, np.ndarray | torch.Tensor], stream: torch.cuda.Stream | None = None) -> None:
+        """Host data into several buffers through ONE pinned staging block and ONE host-to-device copy,
+        then a device copy into each buffer, all on `stream` (write() costs a staging copy, an async copy
+        and an event per buffer). The same checks as write(). On the CPU: write() each."""
+        if self.device.type == "cpu":
+            for name, value in values.items():
+                self.write(name, value)
+            return
+        host, dev, offsets, done = self._block(tuple(values))
+        if done[0] is not None:
+            done[0].synchronize()   # the previous copy out of this block has finished
+        host_np = host.numpy()
+        for (name, value), off in zip(values.items(), offsets):
+            dst = self._tensors[name]
+            src = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
+            if tuple(src.shape) != tuple(dst.shape):
+                raise BufferError(f"buffer {name!r} has shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+            want = _numpy_dtype(dst.dtype)
+            if src.dtype != want and np.issubdtype(src.dtype, np.floating) != np.issubdtype(want, np.floating):
+                raise BufferError(f"buffer {name!r} has dtype {dst.dtype}, got {src.dtype}")
+            host_np[off:off + dst.nbytes].view(want).reshape(dst.shape)[...] = src
+        stream = stream or torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(stream):
+            dev.copy_(host, non_blocking=True)
+            for name, off in zip(values, offsets):
+                dst = self._tensors[name]
+                dst.view(-1).copy_(dev[off:off + dst.nbytes].view(dst.dtype))
+            if done[0] is None:
+                done[0] = torch.cuda.Event()
+            done[0].record(stream)
+
+    def _block(self, names: tuple[str, ...]) -> list:
+        sizes = tuple(self._require(n).nbytes for n in names)
+        block = self._blocks.get(names)
+        if block is None or block[4] != sizes:   # (re)made when a buffer was re-bound to another size
+            offsets, total = [], 0
+            for n in sizes:
+                offsets.append(total)
+                total += -(-n // 16) * 16          # 16-byte aligned: every dtype's view is valid
+            pin = self.device.type == "cuda"
+            block = self._blocks[names] = [torch.empty(total, dtype=torch.uint8, pin_memory=pin),
+                                           torch.empty(total, dtype=torch.uint8, device=self.device), offsets,
+                                           [None], sizes]
+        return block[:4]
+
     def read(self, name: str) -> np.ndarray:
         """A host copy of the buffer (synchronises with the device)."""
         return self._require(name).detach().to("cpu", copy=True).numpy()
@@ -109,3 +159,7 @@ class BufferSet:
             t = self._tensors[name]
             self._staging[name] = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), None)
         return self._staging[name]
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
