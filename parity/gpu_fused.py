@@ -1,10 +1,13 @@
-"""The fused expert layer-step kernels on the GPU (issue 14, item 1): full-size π0.5 / π0, 1 camera, bf16,
-in ONE process the plain graph (the reference), the fast path (compiled layers + Triton row attention)
-and the fused path (the same, with the action expert as runtime/fused_expert.py's kernels), each one
-CUDA graph per chunk, p50/p99; where the time goes (the prefix alone as its own graph; a torch.profiler
-kernel table of one chunk replay per path); the chosen kernel configs.
+"""The fast path's kernels on the GPU (issue 14, item 1): full-size π0.5 / π0, 1 camera, bf16, in ONE
+process the plain graph (the reference) and the paths named by --paths, each one CUDA graph per chunk,
+p50/p99; where the time goes (the prefix alone as its own graph; a torch.profiler kernel table of one
+chunk replay per path); the chosen kernel configs. Paths: "fast" (the default: compiled layers + the
+Triton row attention), "fast_heads" (+ the opt-in attention_heads: no copies around the attention, no
+K/V cache writes), "fast_stack" (+ the expert's layers of a step as one compiled graph), "fused" (the
+fused expert kernels, opt-in).
 
     python -m parity.gpu_fused --out $OUT/fused.json --kinds pi05,pi0 [--iters 30] [--profile pi05]
+        [--paths plain,fast,fast_heads,fast_stack,fused]
 
 Policies: parity.gpu_fast.write_full (seeded random weights, full LeRobot dims).
 """
@@ -44,7 +47,27 @@ def kernel_table(fn, dev, top: int = 25) -> dict:
             "top": [{"name": k, "count": c, "us": t} for k, (c, t) in best]}
 
 
-def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
+_DEFAULTS: dict = {}
+
+
+def settings(path: str) -> None:
+    """The module switches for a path: "fast" = the defaults (the fast path as round 3 shipped it);
+    "fast_heads" = + common.ATTENTION_HEADS (attention_heads: q in place, output in the o projection's
+    layout, the expert's own K/V read in place: no copies, no cache writes); "fast_stack" = + the expert's
+    layers of a step as one compiled graph (pi0.STACK_DEFAULT); anything else: the defaults."""
+    from flashrt_ros.models.lerobot import common, pi0
+    from flashrt_ros.runtime import triton_kernels as tk
+    if not _DEFAULTS:
+        _DEFAULTS.update(heads=common.ATTENTION_HEADS, stack=pi0.STACK_DEFAULT)
+    common.ATTENTION_HEADS, pi0.STACK_DEFAULT = _DEFAULTS["heads"], _DEFAULTS["stack"]
+    if path in ("fast_heads", "fast_stack"):
+        common.ATTENTION_HEADS = True
+    if path == "fast_stack":
+        pi0.STACK_DEFAULT = True
+    tk._attn_tuned.clear()
+
+
+def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "fast", "fast_heads", "fast_stack")) -> dict:
     from flashrt_ros.runtime import BufferSet, StaticGraph
     from flashrt_ros.runtime import fused_expert as fx
     dev = policy.device
@@ -71,8 +94,9 @@ def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
     out: dict = {}
     results = {}
     with torch.inference_mode():
-        for path in ("plain", "fast", "fused"):
+        for path in paths:
           try:
+            settings(path)
             if path == "plain":
                 net.compile_layers(False)
             else:
@@ -98,6 +122,8 @@ def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
                 except Exception as e:  # noqa: BLE001
                     row["profile"] = {"error": repr(e)}
             del g, gp
+            from flashrt_ros.runtime import triton_kernels as tk
+            row["attention_configs"] = {" ".join(map(str, k)): list(v) for k, v in tk._attn_tuned.items()}
             out[path] = row
             print(f"  {path}: chunk p50 {row['graph']['p50_ms']:.2f} p99 {row['graph']['p99_ms']:.2f} ms | prefix "
                   f"{row['prefix_graph']['p50_ms']:.2f} | denoise {row['denoise_ms_p50']:.2f} ms | graph==eager "
@@ -106,8 +132,9 @@ def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
             import traceback
             out[path] = {"error": traceback.format_exc()}
             print(out[path]["error"], flush=True)
+        settings("fast")
     ref = results["plain"].flatten().double()
-    for path in [p for p in ("fast", "fused") if p in results]:
+    for path in [p for p in paths if p in results and p != "plain"]:
         r = results[path].flatten().double()
         out[path]["cos_vs_plain"] = float(torch.nn.functional.cosine_similarity(r, ref, dim=0))
         out[path]["max_abs_vs_plain"] = float((r - ref).abs().max())
@@ -116,7 +143,7 @@ def bench(policy, iters: int, bandwidth: float, profile: bool) -> dict:
     out["denoise_floor_ms"] = net.num_steps * per_step / bandwidth * 1e3
     out["tuned_configs"] = {" ".join(map(str, k)): v._asdict() for k, v in fx._tuned.items()}
     from flashrt_ros.runtime import triton_kernels as tk
-    out["attention_splits"] = {" ".join(map(str, k)): v for k, v in tk._attn_tuned.items()}
+    out["rows_linear"] = {" ".join(map(str, k)): (list(v) if v else "cublas") for k, v in fx._rows_tuned.items()}
     return out
 
 
@@ -126,6 +153,7 @@ def main(argv=None) -> None:
     ap.add_argument("--kinds", default="pi05,pi0")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--profile", default="pi05")
+    ap.add_argument("--paths", default="plain,fast,fast_heads,fast_stack")
     ap.add_argument("--work", type=Path, default=Path("/tmp/flashrt-fused"))
     args = ap.parse_args(argv)
     from flashrt_ros.models.lerobot import load_policy
@@ -160,7 +188,8 @@ def main(argv=None) -> None:
             policy = load_policy(d, dev, "bfloat16")
         log(f"{kind}: loaded")
         try:
-            res["policies"][kind] = bench(policy, args.iters, bw, kind in args.profile.split(","))
+            res["policies"][kind] = bench(policy, args.iters, bw, kind in args.profile.split(","),
+                                          tuple(args.paths.split(",")))
         except Exception as e:   # recorded, not hidden; the next policy still runs
             import traceback
             res["policies"][kind] = {"error": traceback.format_exc()}
@@ -169,9 +198,9 @@ def main(argv=None) -> None:
             log(f"{kind}: ERROR {r['error'][-600:]}")
         else:
             log(f"{kind}: " + " | ".join(f"{p} {r[p]['graph']['p50_ms']:.2f}/{r[p]['graph']['p99_ms']:.2f} ms"
-                                         f" cos {r[p].get('cos_vs_plain', 1.0):.7f}" for p in ("plain", "fast", "fused")
-                                         if "graph" in r[p]) + f" | floor {r['floor_ms']:.2f} | {r['tuned_configs']} | attention splits "
-                f"{r['attention_splits']}")
+                                         f" cos {r[p].get('cos_vs_plain', 1.0):.7f}" for p in args.paths.split(",")
+                                         if "graph" in r.get(p, {})) + f" | floor {r['floor_ms']:.2f} | "
+                f"{r['tuned_configs']} | rows {r['rows_linear']}")
         del policy
         free()
     log("done")

@@ -26,8 +26,8 @@ def _run(check: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("check", ["frames", "wo_linear", "attention", "fused_kernels", "fused_layer",
-                                   "fused_network"])
+@pytest.mark.parametrize("check", ["frames", "wo_linear", "attention", "rows_linear", "fused_kernels",
+                                   "fused_layer", "fused_network", "fast_network"])
 def test_the_triton_kernel_equals_its_torch_reference_under_the_interpreter(check):
     pytest.importorskip("triton")
     assert "ok" in _run(check)
@@ -98,6 +98,83 @@ def check_attention(device: str = "cpu", shapes=((400, 120, 64), (48, 200, 32), 
             again = tk.attention_rows(q, k, v, mask, d ** -0.5, split=split)
             assert torch.equal(out, again), (R, Tk, split, "not deterministic")
         assert all(int(t.abs().sum()) == 0 for t in tk._attn_locks.values()), "merge counters not reset"
+    check_attention_heads(device, [(G, T, Tk, d, Hkv) for (R, Tk, d) in shapes
+                                   for G, T, Hkv in ((4, R // 4, 1), (2, R // 4, 2))][:4])
+
+
+def check_attention_heads(device: str = "cpu", shapes=((4, 30, 120, 64, 1), (3, 6, 33, 16, 2))) -> None:
+    """attention_heads (q read through the qkv projection's strides, heads folded in the kernel, output in
+    [B, Tq, H * d]) vs its reference: folded and per-token masks, batch 2, several launch configurations
+    (rows per program, keys per step, key slices); the same bits twice; merge counters left zero."""
+    import torch
+
+    from flashrt_ros.runtime import triton_kernels as tk
+    g = torch.Generator(device=device).manual_seed(1)
+    for G, T, Tk, d, Hkv in shapes:   # Hkv > 1: SmolVLA's grouped heads
+        B = 2
+        H = G * Hkv
+        qkv = torch.randn(B, T, (H + 2 * Hkv) * d, generator=g, device=device).bfloat16()
+        q = qkv[..., :H * d].view(B, T, H, d).transpose(1, 2)          # strided, not contiguous
+        k, v = (torch.randn(B, Hkv, Tk, d, generator=g, device=device).bfloat16() for _ in range(2))
+        per_token = torch.where(torch.rand(B, 1, T, Tk, generator=g, device=device) < 0.3, -2.3819763e38,
+                                0.0).bfloat16()
+        per_token[..., :2, :] = -2.3819763e38   # fully masked rows: LeRobot's finite mask averages them
+        folded = per_token.expand(B, G, T, Tk).reshape(B, 1, G * T, Tk)
+        for mask in (per_token, folded, None):
+            ref = tk.attention_heads_reference(q, k, v, mask, d ** -0.5).float()
+            for c in (None, tk.AttnConfig(16, 32, 1), tk.AttnConfig(32, 64, 3, 8), tk.AttnConfig(64, 32, 2, 4, 3)):
+                out = tk.attention_heads(q, k, v, mask, d ** -0.5, config=c)
+                assert out.shape == (B, T, H * d)
+                rel = float((out.float() - ref).norm() / ref.norm())
+                assert torch.isfinite(out).all() and rel < 1e-2, (G, T, Tk, c, rel)
+                assert torch.equal(out, tk.attention_heads(q, k, v, mask, d ** -0.5, config=c)), (c, "not deterministic")
+        # the last Tn keys / values read in place from this step's own K/V (strided, as the qkv projection's
+        # columns), not from the caches (whose slots there hold garbage)
+        Tn = min(T, Tk - 1)
+        kv = torch.randn(B, Tn, 2 * Hkv * d, generator=g, device=device).bfloat16()
+        k_new = kv[..., :Hkv * d].view(B, Tn, Hkv, d).transpose(1, 2)
+        v_new = kv[..., Hkv * d:].view(B, Tn, Hkv, d).transpose(1, 2)
+        kg, vg = k.clone(), v.clone()
+        kg[:, :, Tk - Tn:], vg[:, :, Tk - Tn:] = float("nan"), float("nan")
+        ref = tk.attention_heads_reference(q, kg, vg, folded, d ** -0.5, k_new, v_new).float()
+        assert torch.isfinite(ref).all()
+        for c in (None, tk.AttnConfig(16, 32, 1), tk.AttnConfig(32, 64, 3, 8)):
+            out = tk.attention_heads(q, kg, vg, folded, d ** -0.5, config=c, k_new=k_new, v_new=v_new)
+            rel = float((out.float() - ref).norm() / ref.norm())
+            assert torch.isfinite(out).all() and rel < 1e-2, (G, T, Tk, c, "new", rel)
+        assert all(int(t.abs().sum()) == 0 for t in tk._attn_locks.values()), "merge counters not reset"
+
+
+def check_rows_linear(device: str = "cpu") -> None:
+    """fused_expert.rows_linear (the few-rows GEMM: split-K reduced by the last program in a fixed order,
+    optional residual and gate epilogue) vs its reference, float32 and bf16, split 1 / 2 / 4; the same
+    bits twice; counters left zero. Tolerances as check_fused_kernels'."""
+    import torch
+
+    from flashrt_ros.runtime import fused_expert as fx
+    g = torch.Generator(device=device).manual_seed(2)
+    gpu = device != "cpu"
+    for dt, M, N, K in ((torch.float32, 50, 96, 256), (torch.bfloat16, 51, 160, 512), (torch.bfloat16, 9, 64, 128)):
+        tol = (1e-4 if gpu else 1e-5) if dt == torch.float32 else (1e-2 if gpu else 3e-2)
+        x = torch.randn(M, K, generator=g, device=device).to(dt)
+        w = (torch.randn(N, K, generator=g, device=device) * K ** -0.5).to(dt)
+        res = torch.randn(M, N, generator=g, device=device).to(dt)
+        gate = 0.5 + 0.1 * torch.randn(N, generator=g, device=device)
+        for c in (fx.Config(32, 1, 64), fx.Config(64, 2, 64), fx.Config(32, 4, 32, 4, 2)):
+            for r_, g_ in ((None, None), (res, None), (res, gate)):
+                y = fx.rows_linear(x, w, r_, g_, config=c)
+                yr = fx.rows_linear_reference(x, w, r_, g_)
+                base = r_ if r_ is not None else torch.zeros_like(y)
+                rel = _rel(y.float() - base.float(), yr.float() - base.float())
+                assert rel < tol, (dt, M, c, r_ is not None, g_ is not None, rel)
+                assert torch.equal(y, fx.rows_linear(x, w, r_, g_, config=c)), (c, "not deterministic")
+            # glu: the down projection reading [gate | up] and forming gelu_tanh(gate) * up as it loads
+            gu = torch.randn(M, 2 * K, generator=g, device=device).to(dt)
+            y = fx.rows_linear(gu, w, res, None, config=c, glu=True)
+            yr = fx.rows_linear_reference(gu, w, res, None, glu=True)
+            rel = _rel(y.float() - res.float(), yr.float() - res.float())
+            assert rel < tol, (dt, M, c, "glu", rel)
+    assert all(int(t.abs().sum()) == 0 for t in fx._locks.values()), "split-K counters not reset"
 
 
 def _rel(out, ref) -> float:
@@ -253,9 +330,36 @@ def check_fused_network() -> None:
                 assert rel < 1e-5, (kind, rel)
 
 
+def check_fast_network() -> None:
+    """The tiny π0.5 and π0 fixtures' whole chunk (float32) on the fast path's kernels -- every attention
+    through attention_heads (the expert's own K/V read in place, no cache write), the expert's layers of
+    a step as expert_stack -- vs the plain network (the layer functions run uncompiled here)."""
+    import torch
+
+    from flashrt_ros.models.lerobot import load_policy
+    from flashrt_ros.models.lerobot.pi0 import expert_stack
+    fixtures = ROOT / "test" / "fixtures"
+    for kind in ("pi05", "pi0"):
+        policy = load_policy(fixtures / f"lerobot_{kind}_tiny", "cpu", "float32")
+        net = policy.model
+        net.num_steps = 2
+        probe = policy.probe_inputs(2, 0)
+        with torch.no_grad():
+            plain = net(*probe.values())
+            net._kernels = True   # the GPU's fold of grouped heads into rows: fold_mask'd masks
+            for stack in (None, expert_stack):
+                net._expert_stack = stack
+                fast = net(*probe.values())
+                rel = _rel(fast, plain)
+                print(kind, "stack" if stack else "layers", "chunk rel", rel)
+                assert rel < 1e-5, (kind, rel)
+            net._kernels, net._expert_stack = False, None
+
+
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1"
     {"frames": check_frames, "wo_linear": check_wo_linear, "attention": check_attention,
+     "rows_linear": check_rows_linear, "fast_network": check_fast_network,
      "fused_kernels": check_fused_kernels, "fused_layer": check_fused_layer,
      "fused_network": check_fused_network}[sys.argv[1]]()
     print("ok")

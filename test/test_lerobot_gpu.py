@@ -147,12 +147,29 @@ def test_the_fused_expert_layer_is_the_plain_layer(dims):
     _interpreter_checks().check_fused_layer("cuda", dims)
 
 
+def test_the_few_rows_gemm_is_its_reference():
+    # rows_linear (opt-in pi0.ROWS_GEMM; slower than cuBLAS on an H200, round 4): split-K 1 / 2 / 4 reduced
+    # by the last program, residual and gate epilogue, gelu * up prologue; float32 within 1e-4, bf16 1e-2;
+    # the same bits twice; counters left zero
+    _interpreter_checks().check_rows_linear("cuda")
+
+
 @pytest.mark.parametrize("kind", ["pi0", "pi05"])
-def test_the_fused_engine_passes_its_gate_graph_equals_eager_and_act_allocates_nothing(kind):
+@pytest.mark.parametrize("path", ["fast", "heads_stack", "fused"])
+def test_the_fast_and_fused_engines_pass_their_gate_graph_equals_eager_and_act_allocates_nothing(kind, path,
+                                                                                                 monkeypatch):
+    # fast: the GPU default (compiled layers + the row attention); heads_stack: + the opt-in attention_heads
+    # (no copies, no K/V cache writes) and the expert's layers of a step as one compiled graph; fused:
+    # fused_expert=True
     from flashrt_ros.engines.lerobot import COMPILE_MIN_COS, LerobotEngine
-    e = LerobotEngine(FIXTURES / f"lerobot_{kind}_tiny", device="cuda", dtype="bfloat16", fused_expert=True)
+    from flashrt_ros.models.lerobot import common, pi0
+    if path == "heads_stack":
+        monkeypatch.setattr(common, "ATTENTION_HEADS", True)
+        monkeypatch.setattr(pi0, "STACK_DEFAULT", True)
+    fused = path == "fused"
+    e = LerobotEngine(FIXTURES / f"lerobot_{kind}_tiny", device="cuda", dtype="bfloat16", fused_expert=fused)
     g = e.gates["compile"]
-    assert g["fused_expert"] and g["cos"] >= COMPILE_MIN_COS, g
+    assert g["kernels"] and g["fused_expert"] == fused and g["cos"] >= COMPILE_MIN_COS, g
     e.set_task("pick up the red cube")
     rng = np.random.default_rng(4)
     q = rng.uniform(-0.3, 0.3, D).astype(np.float32)

@@ -20,6 +20,10 @@ Each GEMM is "few rows, wide weight": the rows (50 or 51) are one 64-row tile, t
 weight's output columns (and, for o / down, K: split-K whose LAST program to finish sums the partials
 in a fixed order -- deterministic -- and runs the epilogue; a per-tile counter it resets to zero).
 
+rows_linear (gemm_kernel on plain rows, optional residual / gate epilogue, optional gelu_tanh(gate) * up
+formed in the A load) is the same GEMM for the fast path's expert (pi0.ROWS_GEMM, off: on an H200 it
+did not beat cuBLAS at 50 rows, docs/benchmarks/fast-h200.md round 4).
+
 Every kernel has a torch reference (``*_reference``) built from the plain path's own functions; the
 whole layer's reference is pi0.expert_layer itself. On the CPU (CI) nothing here runs: the plain path
 does. parity/test_triton_interpreter.py runs the kernels on the CPU under Triton's interpreter,
@@ -48,7 +52,8 @@ class Config(NamedTuple):
 
 
 # defaults (M <= 64 rows); tune() may replace them per shape on a GPU
-DEFAULTS = {"qkv": Config(16, 1), "o": Config(16, 2), "gate_up": Config(32, 1), "down": Config(16, 2)}
+DEFAULTS = {"qkv": Config(16, 1), "o": Config(16, 2), "gate_up": Config(32, 1), "down": Config(16, 2),
+            "rows": Config(64, 4, 128, 4, 3)}
 CANDIDATES = {"qkv": [Config(16, 1), Config(32, 1), Config(16, 1, 64, 4, 4), Config(32, 1, 64, 4, 4)],
               "o": [Config(16, 1), Config(16, 2)],
               "gate_up": [Config(16, 1), Config(32, 1), Config(32, 1, 64, 4, 4), Config(64, 1, 64, 4, 3)],
@@ -87,8 +92,11 @@ def _pick(name: str, key: tuple, run) -> Config:
     import triton.testing
     best, best_t = DEFAULTS[name], float("inf")
     for c in CANDIDATES[name]:
-        run(c)   # compile + warm
-        t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
+        try:
+            run(c)   # compile + warm
+            t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
+        except Exception:  # noqa: BLE001  e.g. OutOfResources: not a candidate on this GPU
+            continue
         if t < best_t:
             best, best_t = c, t
     _tuned[k] = best
@@ -232,11 +240,100 @@ def gemm_residual(a: torch.Tensor, a_strides: tuple[int, int, int], head: int, S
         part = torch.empty(split, M, N, dtype=torch.float32, device=res.device) if split > 1 else out
         lock = _lock(res.device, gm * gn) if split > 1 else out
         kern[(gn, gm, split)](a, *a_strides, w, w.stride(0), res, res.stride(0), g, out, out.stride(0), part, lock,
-                              M, N, K, S, head, HAS_GATE=has_gate, SPLIT=split, BM=bm, BN=c.bn, BK=bk,
+                              M, N, K, S, head, HAS_GATE=has_gate, SPLIT=split, HAS_RES=True, GLU=False, BM=bm, BN=c.bn, BK=bk,
                               F32DOT=_f32dot(res), num_warps=c.warps, num_stages=c.stages)
     cfg = _pick(name, (M, N, K, res.dtype), run)
     run(cfg)
     return out
+
+
+def rows_linear_reference(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor | None = None,
+                          gate: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+    """x [M, K] @ w^T, then (+ res [M, N]) with the gate as gemm_residual_reference. glu: x = [gate | up]
+    [M, 2K], A = gelu_tanh(gate) * up (the plain path's _mlp)."""
+    if glu:
+        g, up = x.chunk(2, dim=-1)
+        x = F.gelu(g, approximate="tanh") * up
+    if res is None:
+        return F.linear(x, w)
+    return gemm_residual_reference(x, w, res, gate)
+
+
+def rows_linear(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+                config: Config | None = None, glu: bool = False) -> torch.Tensor:
+    """The few-rows GEMM (gemm_kernel on plain rows x [M, K] contiguous): x @ w^T [+ res (* gate)], split-K
+    reduced by the last program in a fixed order (deterministic). glu: x is [M, 2K] = [gate | up] and the
+    GEMM's A is gelu_tanh(gate) * up, formed as it is loaded (the MLP's down projection). config: the
+    launch (benchmarks, tests); None: DEFAULTS' "rows"."""
+    _require(x.device)
+    M, K = x.shape
+    if glu:
+        K //= 2
+    N = w.shape[0]
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    kern = _build()["gemm"]
+    bm = _bm(M)
+    c = config or DEFAULTS["rows"]
+    has_res, has_gate = res is not None, gate is not None
+    r = res if has_res else out
+    g = gate if has_gate else out
+    gm, gn = -(-M // bm), -(-N // c.bn)
+    bk = min(c.bk, _p2(K))
+    split = c.split
+    while split > 1 and K // split < bk:
+        split //= 2
+    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device) if split > 1 else out
+    lock = _lock(x.device, gm * gn) if split > 1 else out
+    kern[(gn, gm, split)](x, 0, x.stride(0), 0, w, w.stride(0), r, r.stride(0), g, out, out.stride(0), part, lock,
+                          M, N, K, M, K, HAS_GATE=has_gate, SPLIT=split, HAS_RES=has_res, GLU=glu, BM=bm, BN=c.bn,
+                          BK=bk,
+                          F32DOT=_f32dot(x), num_warps=c.warps, num_stages=c.stages)
+    return out
+
+
+# rows_linear's tuner: per shape, cuBLAS or the fastest of these (timed as CUDA-graph replays, outside capture)
+ROWS_CANDIDATES: list[Config] = [Config(64, 4, 128, 4, 3), Config(128, 2, 128, 4, 3)]
+_rows_tuned: dict[tuple, Config | None] = {}
+
+
+def _rows_choice(x: torch.Tensor, w: torch.Tensor) -> Config | None:
+    """None: cuBLAS. Tuned once per shape on a GPU outside graph capture; first seen under capture (or no
+    tuning): cuBLAS, kept (graph == later eager calls)."""
+    key = (x.shape[0], w.shape[0], w.shape[1], x.dtype)
+    if key in _rows_tuned:
+        return _rows_tuned[key]
+    best = None
+    if TUNE and x.is_cuda and not interpreted() and not torch.cuda.is_current_stream_capturing():
+        import triton.testing
+        best_t = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=20, return_mode="median")
+        for c in ROWS_CANDIDATES:
+            try:
+                rows_linear(x, w, config=c)
+                t = triton.testing.do_bench_cudagraph(lambda: rows_linear(x, w, config=c), rep=20,
+                                                      return_mode="median")
+            except Exception:  # noqa: BLE001  e.g. OutOfResources: not a candidate on this GPU
+                continue
+            if t < best_t:
+                best, best_t = c, t
+    _rows_tuned[key] = best
+    return best
+
+
+@torch.library.custom_op("flashrt::rows_linear", mutates_args=())
+def _rows_linear_op(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w^T for few rows: the tuned choice between cuBLAS and rows_linear (one opaque call for
+    torch.compile and the CUDA graph)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    c = _rows_choice(x2, w)
+    out = F.linear(x2, w) if c is None else rows_linear(x2, w, config=c)
+    return out.view(*x.shape[:-1], w.shape[0])
+
+
+@_rows_linear_op.register_fake
+def _rows_linear_fake(x, w):
+    return x.new_empty(*x.shape[:-1], w.shape[0])
 
 
 def _f32dot(x: torch.Tensor) -> bool:
@@ -336,7 +433,7 @@ def _build() -> dict:
 
     @triton.jit
     def gemm_kernel(a, sab, sat, sah, w, swn, res, srm, gate, out, som, part, lock, M, N, K, S, HEAD,
-                    HAS_GATE: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    HAS_GATE: tl.constexpr, SPLIT: tl.constexpr, HAS_RES: tl.constexpr, GLU: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                     BK: tl.constexpr, F32DOT: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -358,6 +455,13 @@ def _build() -> dict:
             hd = kk // HEAD
             at = tl.load(a + a_row[:, None] + (hd * sah + kk - hd * HEAD)[None, :],
                          mask=rmask[:, None] & km[None, :], other=0.0)
+            if GLU:   # A = gelu_tanh(gate) * up from the [gate | up] rows (up K columns later): no pass of its own
+                up = tl.load(a + a_row[:, None] + (K + kk)[None, :], mask=rmask[:, None] & km[None, :],
+                             other=0.0).to(tl.float32)
+                gf = at.to(tl.float32)
+                u = 0.7978845608028654 * (gf + 0.044715 * gf * gf * gf)
+                th = 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)
+                at = ((0.5 * gf * (1.0 + th)).to(at.dtype).to(tl.float32) * up).to(at.dtype)
             wt = tl.load(w + cols[None, :] * swn + kk[:, None], mask=km[:, None] & cmask[None, :], other=0.0)
             if F32DOT:
                 acc += tl.dot(at.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
@@ -369,8 +473,9 @@ def _build() -> dict:
             y = acc.to(dt).to(tl.float32)
             if HAS_GATE:
                 y = y * tl.load(gate + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)[None, :]
-            r = tl.load(res + rows[:, None] * srm + cols[None, :], mask=om, other=0.0).to(tl.float32)
-            tl.store(out + rows[:, None] * som + cols[None, :], (r + y).to(dt), mask=om)
+            if HAS_RES:
+                y += tl.load(res + rows[:, None] * srm + cols[None, :], mask=om, other=0.0).to(tl.float32)
+            tl.store(out + rows[:, None] * som + cols[None, :], y.to(dt), mask=om)
         else:
             # split-K: partials to `part`; the last program of this tile to arrive sums them in a fixed
             # order (deterministic) and runs the epilogue, then re-zeroes the tile's counter
@@ -387,8 +492,9 @@ def _build() -> dict:
                 y = tot.to(dt).to(tl.float32)
                 if HAS_GATE:
                     y = y * tl.load(gate + cols, mask=cmask, other=0.0).to(dt).to(tl.float32)[None, :]
-                r = tl.load(res + rows[:, None] * srm + cols[None, :], mask=om, other=0.0).to(tl.float32)
-                tl.store(out + rows[:, None] * som + cols[None, :], (r + y).to(dt), mask=om)
+                if HAS_RES:
+                    y += tl.load(res + rows[:, None] * srm + cols[None, :], mask=om, other=0.0).to(tl.float32)
+                tl.store(out + rows[:, None] * som + cols[None, :], y.to(dt), mask=om)
                 tl.atomic_xchg(lock + tile, 0)
 
     _kernels.update(pair=pair_kernel, gemm=gemm_kernel)

@@ -227,8 +227,16 @@ def attention_rows_supported(q: torch.Tensor) -> bool:
     return d >= 16 and d & (d - 1) == 0 and d <= 256 and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
 
 
+class AttnConfig(NamedTuple):
+    bm: int        # query rows per program
+    bn: int        # keys per inner step
+    split: int     # key slices over programs (merged by the last one to finish)
+    warps: int = 4
+    stages: int = 2
+
+
 def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                   scale: float, split: int | None = None) -> torch.Tensor:
+                   scale: float, split: int | None = None, config: AttnConfig | None = None) -> torch.Tensor:
     """The kernel (same contract as attention_rows_reference): programs over (block of rows, K/V head,
     slice of the keys), each an online softmax over its keys (flash-attention's recurrence, float32
     statistics). Few rows over a few hundred keys otherwise leave most SMs idle. With more than one
@@ -236,62 +244,125 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     block's counter; the LAST to arrive merges all slices in slice order (flash-decoding's merge, the
     same order whichever program is last: deterministic) and re-zeroes the counter. One launch.
 
-    split: key slices (None: the tuned number for this shape on a GPU, outside graph capture -- the
-    fastest of attention_splits() timed as CUDA-graph replays -- else the default heuristic)."""
+    split: key slices (None: the tuned configuration for this shape on a GPU, outside graph capture --
+    the fastest of attention_configs() timed as CUDA-graph replays -- else the default heuristic);
+    config: the whole launch configuration (benchmarks, tests)."""
+    B, H, R, d = q.shape
+    o = torch.empty(B, H, R, d, dtype=q.dtype, device=q.device)
+    _attention(q, k, v, mask, scale, o, 1, R, (o.stride(0), o.stride(1), o.stride(2)), split, config)
+    return o
+
+
+def attention_heads_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                              scale: float, k_new: torch.Tensor | None = None,
+                              v_new: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, H, Tq, d] (any strides), k/v [B, Hkv, Tk, d], additive mask [B, 1, G * Tq, Tk] (folded, see
+    common.fold_mask) or [B, 1, Tq, Tk] -> [B, Tq, H * d]: attention_rows_reference on the folded rows.
+    k_new / v_new [B, Hkv, Tn, d]: the last Tn keys / values instead of k's and v's (the action expert's
+    own K/V of this step, not written to the caches)."""
+    if k_new is not None:
+        P = k.shape[2] - k_new.shape[2]
+        k, v = torch.cat([k[:, :, :P], k_new], dim=2), torch.cat([v[:, :, :P], v_new], dim=2)
+    B, H, Tq, d = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    if mask is not None and mask.shape[-2] == Tq and G > 1:
+        mask = mask.expand(B, G, Tq, mask.shape[-1]).reshape(B, 1, G * Tq, mask.shape[-1])
+    out = attention_rows_reference(q.reshape(B, Hkv, G * Tq, d), k, v, mask, scale)
+    return out.view(B, H, Tq, d).transpose(1, 2).reshape(B, Tq, H * d)
+
+
+def attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float, split: int | None = None, config: AttnConfig | None = None,
+                    k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None) -> torch.Tensor:
+    """attention_rows with the layouts of the layers around it (attention_heads_reference's contract):
+    q read in place from any [B, H, Tq, d] strides (e.g. the RoPE'd columns of the qkv projection, no fold
+    copy), the G query heads of each K/V head folded into rows inside the kernel, the output written
+    straight in the o projection's row layout [B, Tq, H * d] (no transpose copy), and with k_new / v_new
+    the last keys read from them in place (no cache write)."""
+    B, H, Tq, d = q.shape
+    G = H // k.shape[1]
+    o = torch.empty(B, Tq, H * d, dtype=q.dtype, device=q.device)
+    _attention(q, k, v, mask, scale, o, G, Tq, (o.stride(0), d, o.stride(1)), split, config, k_new, v_new)
+    return o
+
+
+def _attention(q, k, v, mask, scale, o, G: int, T: int, o_strides, split, config, k_new=None, v_new=None) -> None:
+    """Launch for attention_rows / attention_heads: q [B, Hkv * G, T, d] strided, rows r = g * T + t of
+    K/V head h are query head h * G + g at token t; o_strides (batch, query head, token). k_new / v_new
+    [B, Hkv, Tn, d] (strided): the last Tn keys come from them instead of the caches."""
     _require(q.device)
     if not attention_rows_supported(q):
         raise ValueError(f"attention_rows: head_dim {q.shape[-1]} / dtype {q.dtype} not supported")
-    B, H, R, d = q.shape
+    B, d = q.shape[0], q.shape[-1]
+    Hkv = k.shape[1]
+    R = G * T
     Tk = k.shape[2]
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
-    bm, bn = _attn_blocks(R, d)
+    new = k_new is not None
+    if new:
+        if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:
+            k_new, v_new = k_new.contiguous(), v_new.contiguous()
+        P = Tk - k_new.shape[2]
+        kn, vn, ns = k_new, v_new, (*k_new.stride()[:3], *v_new.stride()[:3])
+    else:
+        P, kn, vn, ns = Tk, k, v, (0, 0, 0, 0, 0, 0)
     has_mask = mask is not None
     m = mask if has_mask else q
-    ms = (mask.stride(0), mask.stride(2), mask.stride(3)) if has_mask else (0, 0, 0)
+    if has_mask:   # folded rows (g * T + t) or one row per token shared by the G heads
+        ms = (mask.stride(0), T * mask.stride(2) if mask.shape[-2] == R else 0, mask.stride(2), mask.stride(3))
+    else:
+        ms = (0, 0, 0, 0)
     kern = _build()["attn"]
-    row_blocks = -(-R // bm)
 
-    def run(want: int) -> torch.Tensor:
-        key_blocks = -(-Tk // bn)
-        k_per = -(-key_blocks // max(1, min(want, key_blocks))) * bn   # keys per slice, whole key blocks
-        n_split = -(-Tk // k_per)                                      # no empty slices
-        o = torch.empty(B, H, R, d, dtype=q.dtype, device=q.device)
+    def run(c: AttnConfig) -> None:
+        row_blocks = -(-R // c.bm)
+        key_blocks = -(-Tk // c.bn)
+        k_per = -(-key_blocks // max(1, min(c.split, key_blocks))) * c.bn   # keys per slice, whole key blocks
+        n_split = -(-Tk // k_per)                                          # no empty slices
         if n_split > 1:
-            acc = torch.empty(B, H, n_split, R, d, dtype=torch.float32, device=q.device)
-            stats = torch.empty(B, H, n_split, R, 2, dtype=torch.float32, device=q.device)
-            lock = _counters(q.device, row_blocks * H * B)
+            acc = torch.empty(B, Hkv, n_split, R, d, dtype=torch.float32, device=q.device)
+            stats = torch.empty(B, Hkv, n_split, R, 2, dtype=torch.float32, device=q.device)
+            lock = _counters(q.device, row_blocks * Hkv * B)
         else:
             acc = stats = lock = o
-        kern[(row_blocks, H * n_split, B)](
-            q, k, v, m, o, acc, stats, lock, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *ms,
-            *o.stride()[:3], R, Tk, k_per, float(scale), H, SPLIT=n_split, HAS_MASK=has_mask, D=d, BM=bm, BN=bn,
-            DC=min(d, 64), F32DOT=interpreted(), num_warps=4 if bm == 16 else 8, num_stages=2)
-        return o
+        kern[(row_blocks, Hkv * n_split, B)](
+            q, k, v, m, o, acc, stats, lock, q.stride(0), q.stride(1), q.stride(2), *k.stride()[:3],
+            *v.stride()[:3], *ms, *o_strides, R, T, Tk, k_per, float(scale), Hkv, G, kn, vn, P, *ns,
+            SPLIT=n_split, HAS_MASK=has_mask, D=d, BM=c.bm, BN=c.bn, DC=min(d, 64), F32DOT=interpreted(),
+            NEW=new, num_warps=c.warps, num_stages=c.stages)
 
-    if split is None:
-        key = (B, H, R, Tk, d, q.dtype, has_mask)
-        split = _attn_tuned.get(key)
-        if split is None:
-            cands = attention_splits(R, Tk, d, B * H, _sms(q.device))
-            split = cands[0]
-            if ATTN_TUNE and q.is_cuda and not interpreted():
-                if not torch.cuda.is_current_stream_capturing():
-                    import triton.testing
-                    best_t = float("inf")
-                    for c in cands:
-                        run(c)   # compile + warm
-                        t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
-                        if t < best_t:
-                            split, best_t = c, t
-            _attn_tuned[key] = split   # under capture: the default, kept (graph == later eager calls)
-    return run(split)
+    if config is None:
+        # attention_heads' calls (G > 1 or k_new) also time ATTN_SMALL_R; attention_rows' keep round 3's
+        cands = attention_configs(R, Tk, d, B * Hkv, _sms(q.device), extra=G > 1 or new)
+        if split is not None:
+            config = cands[0]._replace(split=split)
+        else:
+            key = (B, Hkv, G, T, Tk, d, q.dtype, has_mask, new)
+            config = _attn_tuned.get(key)
+            if config is None:
+                config = cands[0]
+                if ATTN_TUNE and q.is_cuda and not interpreted():
+                    if not torch.cuda.is_current_stream_capturing():
+                        import triton.testing
+                        best_t = float("inf")
+                        for c in cands:
+                            try:
+                                run(c)   # compile + warm
+                                t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
+                            except Exception:  # noqa: BLE001  e.g. OutOfResources (shared memory): not a candidate
+                                continue
+                            if t < best_t:
+                                config, best_t = c, t
+                _attn_tuned[key] = config   # under capture: the default, kept (graph == later eager calls)
+    run(config)
 
 
 ATTN_TUNE = True                   # on a GPU: time attention_splits() once per shape (outside capture)
-_attn_tuned: dict[tuple, int] = {}
+_attn_tuned: dict[tuple, AttnConfig] = {}
 _attn_locks: dict[tuple, torch.Tensor] = {}
 
 
@@ -307,10 +378,12 @@ def _sms(device: torch.device) -> int:
     return _sm_count[dev]
 
 
-def attention_splits(R: int, Tk: int, d: int, heads: int, sms: int) -> list[int]:
+def attention_splits(R: int, Tk: int, d: int, heads: int, sms: int, bm: int | None = None,
+                     bn: int | None = None) -> list[int]:
     """Key-slice counts worth timing for this shape, the default first: enough programs for two per SM
     (at most one key block each), then 1/2 and 1/4 of that, and 1 (no merge)."""
-    bm, bn = _attn_blocks(R, d)
+    dbm, dbn = _attn_blocks(R, d)
+    bm, bn = bm or dbm, bn or dbn
     blocks = -(-R // bm) * heads
     key_blocks = -(-Tk // bn)
     full = max(1, min(key_blocks, -(-2 * sms // blocks)))
@@ -318,6 +391,25 @@ def attention_splits(R: int, Tk: int, d: int, heads: int, sms: int) -> list[int]
     for c in (full, -(-full // 2), -(-full // 4), 1):
         if c not in out:
             out.append(c)
+    return out
+
+
+# Launch configurations timed besides the defaults for attention_heads' few-row calls (the action expert's
+# 400 folded rows): the fastest in the round-4 sweep on an H200 (docs/benchmarks/fast-h200.md round 4:
+# 9.96 / 10.26 / 10.35 µs vs 15.28 for round 3's attention_rows + copies). A candidate that does not
+# fit (round 4's first k_new kernel, two loads per tile: 305 KB of shared memory) is skipped by the tuner.
+ATTN_SMALL_R: list[AttnConfig] = [AttnConfig(16, 64, 4, 4, 3), AttnConfig(16, 64, 4, 4, 2),
+                                  AttnConfig(16, 32, 4, 4, 3)]
+
+
+def attention_configs(R: int, Tk: int, d: int, heads: int, sms: int, extra: bool = True) -> list[AttnConfig]:
+    """Launch configurations the tuner times for this shape, the default first (extra: with ATTN_SMALL_R;
+    a candidate that does not fit the GPU, e.g. in shared memory, is skipped by the tuner)."""
+    bm, bn = _attn_blocks(R, d)
+    warps = 4 if bm == 16 else 8
+    out = [AttnConfig(bm, bn, s, warps, 2) for s in attention_splits(R, Tk, d, heads, sms)]
+    if R <= 1024 and extra:
+        out += [c for c in ATTN_SMALL_R if c not in out]
     return out
 
 
@@ -432,19 +524,26 @@ def _build() -> dict:
         tl.store(y + i, out.to(y.dtype.element_ty), mask=m)
 
     @triton.jit
-    def attn_kernel(q, k, v, mask, o, acc_out, stats, lock, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-                    smb, smm, smn, sob, soh, som, R, Tk, k_per, scale, H, SPLIT: tl.constexpr,
+    def attn_kernel(q, k, v, mask, o, acc_out, stats, lock, sqb, sqh, sqt, skb, skh, skn, svb, svh, svn,
+                    smb, smg, smm, smn, sob, soh, sot, R, T, Tk, k_per, scale, H, G,
+                    kn, vn, P, snb, snh, snt, swb, swh, swt, SPLIT: tl.constexpr,
                     HAS_MASK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    DC: tl.constexpr, F32DOT: tl.constexpr):
+                    DC: tl.constexpr, F32DOT: tl.constexpr, NEW: tl.constexpr):
+        # row r of K/V head h = query head h * G + g at token t (r = g * T + t); q, mask and o are read /
+        # written through their own strides, so neither the fold nor the output transpose is a copy
         pid_m = tl.program_id(0)
         hs = tl.program_id(1)
         b = tl.program_id(2)
         h = hs // SPLIT
         sl = hs - h * SPLIT
         rows = pid_m * BM + tl.arange(0, BM)
+        grp = rows // T
+        tok = rows - grp * T
+        qh = h * G + grp
         dc = tl.arange(0, D)
         rmask = rows < R
-        qt = tl.load(q + b * sqb + h * sqh + rows[:, None] * sqm + dc[None, :], mask=rmask[:, None], other=0.0)
+        qt = tl.load(q + b * sqb + qh[:, None] * sqh + tok[:, None] * sqt + dc[None, :], mask=rmask[:, None],
+                     other=0.0)
         m_i = tl.full((BM,), float("-inf"), tl.float32)
         l_i = tl.zeros((BM,), tl.float32)
         acc = tl.zeros((BM, D), tl.float32)
@@ -453,14 +552,23 @@ def _build() -> dict:
         for n0 in range(k_lo, k_hi, BN):
             cols = n0 + tl.arange(0, BN)
             cmask = cols < k_hi
-            kt = tl.load(k + b * skb + h * skh + cols[None, :] * skn + dc[:, None], mask=cmask[None, :], other=0.0)
+            if NEW:   # keys >= P: this step's own K/V (kn, vn), read in place; below P: the cache. One load
+                # through per-column pointers (two loads would double the pipelined tiles in shared memory)
+                old = cols < P
+                cn = tl.maximum(cols - P, 0)
+                kt = tl.load(tl.where(old[None, :], k + b * skb + h * skh + cols[None, :] * skn + dc[:, None],
+                                      kn + b * snb + h * snh + cn[None, :] * snt + dc[:, None]),
+                             mask=cmask[None, :], other=0.0)
+            else:
+                kt = tl.load(k + b * skb + h * skh + cols[None, :] * skn + dc[:, None], mask=cmask[None, :],
+                             other=0.0)
             if F32DOT:   # Triton's CPU interpreter gets bf16 dots wrong: the same products in float32
                 s = tl.dot(qt.to(tl.float32), kt.to(tl.float32))
             else:
                 s = tl.dot(qt, kt)
             s = s * scale
             if HAS_MASK:
-                am = tl.load(mask + b * smb + rows[:, None] * smm + cols[None, :] * smn,
+                am = tl.load(mask + b * smb + grp[:, None] * smg + tok[:, None] * smm + cols[None, :] * smn,
                              mask=rmask[:, None] & cmask[None, :], other=0.0)
                 s += am.to(tl.float32)
             s = tl.where(cmask[None, :], s, float("-inf"))
@@ -468,14 +576,21 @@ def _build() -> dict:
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
-            vt = tl.load(v + b * svb + h * svh + cols[:, None] * svn + dc[None, :], mask=cmask[:, None], other=0.0)
+            if NEW:
+                vt = tl.load(tl.where(old[:, None], v + b * svb + h * svh + cols[:, None] * svn + dc[None, :],
+                                      vn + b * swb + h * swh + cn[:, None] * swt + dc[None, :]),
+                             mask=cmask[:, None], other=0.0)
+            else:
+                vt = tl.load(v + b * svb + h * svh + cols[:, None] * svn + dc[None, :], mask=cmask[:, None],
+                             other=0.0)
             if F32DOT:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype).to(tl.float32), vt.to(tl.float32))
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             m_i = m_new
+        orow = o + b * sob + qh * soh + tok * sot
         if SPLIT == 1:
-            tl.store(o + b * sob + h * soh + rows[:, None] * som + dc[None, :], (acc / l_i[:, None]).to(
+            tl.store(orow[:, None] + dc[None, :], (acc / l_i[:, None]).to(
                 o.dtype.element_ty), mask=rmask[:, None])
         else:
             base = ((b * H + h) * SPLIT + sl).to(tl.int64) * R
@@ -509,7 +624,7 @@ def _build() -> dict:
                         w_s = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - m))
                         total += w_s[:, None] * tl.load(acc_out + (sb + rows[:, None]) * D + c0 + cc[None, :],
                                                         mask=rmask[:, None], other=0.0, cache_modifier=".cg")
-                    tl.store(o + b * sob + h * soh + rows[:, None] * som + c0 + cc[None, :],
+                    tl.store(orow[:, None] + c0 + cc[None, :],
                              (total / norm[:, None]).to(o.dtype.element_ty), mask=rmask[:, None])
                 tl.atomic_xchg(lock + blk, 0)
 
@@ -540,3 +655,16 @@ def _attention_rows_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 @_attention_rows_op.register_fake
 def _attention_rows_fake(q, k, v, mask, scale):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("flashrt::attention_heads", mutates_args=())
+def _attention_heads_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                        scale: float, k_new: Optional[torch.Tensor] = None,
+                        v_new: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return attention_heads(q, k, v, mask, scale, k_new=k_new, v_new=v_new)
+
+
+@_attention_heads_op.register_fake
+def _attention_heads_fake(q, k, v, mask, scale, k_new=None, v_new=None):
+    B, H, Tq, d = q.shape
+    return q.new_empty(B, Tq, H * d)

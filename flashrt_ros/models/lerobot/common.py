@@ -9,11 +9,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from flashrt_ros.runtime.triton_kernels import attention_rows_supported
+from flashrt_ros.runtime.triton_kernels import attention_rows_supported, interpreted
 
 # LeRobot/openpi fill masked attention logits with this finite value (not -inf): a padded query row
 # then averages instead of producing NaN, and a NaN never leaks into the keys others read.
 MASK_VALUE = -2.3819763e38
+# fast=True's kernel. False (the default): round 3's attention_rows on the folded copy of q, then the
+# transpose copy, the expert's K/V written to the caches. True (opt-in, round 4): attention_heads -- q read
+# in place, output in [B, Tq, H * d], the expert's own K/V read in place (no cache write). Off until a
+# whole chunk on a GPU shows it faster: round 4's one full-size run failed in the tuner (a candidate out
+# of shared memory, since skipped) before it was timed (docs/benchmarks/fast-h200.md round 4)
+ATTENTION_HEADS = False
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,18 +43,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor | None,
-              scale: float, fold: bool | None = None, fast: bool = False) -> torch.Tensor:
+              scale: float, fold: bool | None = None, fast: bool = False,
+              new: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """q [B, H, Tq, d], k/v [B, Hkv, Tk, d] (grouped-query when Hkv < H), mask [B, 1, Tq, Tk] added to
     the logits (or already folded, [B, 1, G * Tq, Tk], see fold_mask). Returns [B, Tq, H * d].
 
     fold (default: on CUDA): the G query heads that share a K/V head become G * Tq rows of one head,
     so K/V are read as they are instead of being repeated G times per call. The same dot products and
     row softmaxes. Off (the CPU default): the reference's exact op order, scores and softmax in fp32.
-    fast (folded, CUDA, power-of-2 head_dim): the Triton row-block kernel (runtime/triton_kernels.py)
-    instead of SDPA, for the few-row, short-key attention of the action expert and the prefix."""
+    fast (folded, CUDA, power-of-2 head_dim): the Triton row-block kernel (runtime/triton_kernels.py
+    attention_heads: q read through its strides, output written in [B, Tq, H * d]: no copies around it)
+    instead of SDPA, for the few-row, short-key attention of the action expert and the prefix.
+    new (k_new, v_new) [B, Hkv, Tn, d]: the last Tn keys and values are these instead of k's and v's (the
+    action expert's own K/V: the kernel reads them in place, nothing is written to the caches)."""
     B, H, Tq, d = q.shape
     groups = H // k.shape[1]
     fold = q.is_cuda if fold is None else fold
+    if fold and groups > 1 and fast and (q.is_cuda or interpreted()) and attention_rows_supported(q) \
+            and ATTENTION_HEADS:   # (interpreted: the CPU check of this path, parity/test_triton_interpreter.py)
+        # q read in place, heads folded inside the kernel, output in the o projection's layout
+        return torch.ops.flashrt.attention_heads(q, k, v, additive_mask, scale, *(new or (None, None)))
+    if new is not None:
+        P = k.shape[2] - new[0].shape[2]
+        k, v = torch.cat([k[:, :, :P], new[0]], dim=2), torch.cat([v[:, :, :P], new[1]], dim=2)
     if fold and groups > 1:
         if additive_mask is not None and additive_mask.shape[-2] == Tq:
             additive_mask = fold_mask(additive_mask, groups)

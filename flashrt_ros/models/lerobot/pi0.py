@@ -39,9 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import common
 from .common import (additive_mask, aligned_rows, apply_rope, attention, block_mask, euler_times, fit_state_dict, fold_mask,
                      gelu_tanh, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
 from ..rtc import Guidance, euler_guided
+from ...runtime import fused_expert as _fused_ops  # noqa: F401  (registers flashrt::rows_linear)
+from ...runtime.triton_kernels import interpreted
 from .processing import resize_with_pad_centered
 from .quant import linear
 from .siglip import VisionTransformer
@@ -178,11 +181,26 @@ class GemmaWeights(NamedTuple):
     norm2: torch.Tensor | None
 
 
-def _project(h: torch.Tensor, w: GemmaWeights, kv_heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor):
+# fast path: the expert's GEMMs (<= 64 rows) through flashrt::rows_linear (tuned vs cuBLAS). Off: on an H200
+# the Triton GEMM did not beat cuBLAS at 50 rows with the weights cold in L2 (round 4), and its tuner,
+# timing with the weights warm, picked it where it is slower
+ROWS_GEMM = False
+
+
+def _linear(h: torch.Tensor, w, fast: bool) -> torch.Tensor:
+    """quant.linear, or on the fast path for few rows (the action expert) runtime/fused_expert.py's
+    rows_linear op: per shape the faster of cuBLAS and the weight-streaming Triton GEMM."""
+    if fast and ROWS_GEMM and h.is_cuda and isinstance(w, torch.Tensor) and h.numel() <= 64 * h.shape[-1]:
+        return torch.ops.flashrt.rows_linear(h, w)
+    return linear(h, w)
+
+
+def _project(h: torch.Tensor, w: GemmaWeights, kv_heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor,
+             fast: bool = False):
     """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE."""
     B, T, _ = h.shape
     kv_rows = kv_heads * head_dim
-    qkv = linear(h, w.qkv)
+    qkv = _linear(h, w.qkv, fast)
     q, k, v = qkv.split([qkv.shape[-1] - 2 * kv_rows, kv_rows, kv_rows], dim=-1)
     q = q.reshape(B, T, -1, head_dim).transpose(1, 2)
     k = k.reshape(B, T, -1, head_dim).transpose(1, 2)
@@ -191,24 +209,25 @@ def _project(h: torch.Tensor, w: GemmaWeights, kv_heads: int, head_dim: int, cos
 
 
 def _qkv(h: torch.Tensor, w: GemmaWeights, k_cache: torch.Tensor, v_cache: torch.Tensor, start: int,
-         cos: torch.Tensor, sin: torch.Tensor):
+         cos: torch.Tensor, sin: torch.Tensor, fast: bool = False):
     """Normed h [B, T, W] -> q, k, v [B, heads, T, head_dim] with RoPE; k and v are also written to the
     caches [B, kv_heads, :, head_dim] at start:start + T. Head counts follow from the shapes."""
     T = h.shape[1]
-    q, k, v = _project(h, w, k_cache.shape[1], k_cache.shape[3], cos, sin)
+    q, k, v = _project(h, w, k_cache.shape[1], k_cache.shape[3], cos, sin, fast)
     k_cache[:, :, start:start + T] = k
     v_cache[:, :, start:start + T] = v
     return q, k, v
 
 
-def _attend(q, k, v, mask, w: GemmaWeights, fast: bool = False) -> torch.Tensor:
+def _attend(q, k, v, mask, w: GemmaWeights, fast: bool = False, new=None) -> torch.Tensor:
     # a mask with more rows than q has is folded (fold_mask): grouped-query heads as rows
-    return linear(attention(q, k, v, mask, q.shape[-1] ** -0.5, mask.shape[-2] != q.shape[2], fast=fast), w.o)
+    return _linear(attention(q, k, v, mask, q.shape[-1] ** -0.5, mask.shape[-2] != q.shape[2], fast=fast, new=new),
+                   w.o, fast)
 
 
-def _mlp(h: torch.Tensor, w: GemmaWeights) -> torch.Tensor:
-    gate, up = linear(h, w.gate_up).chunk(2, dim=-1)
-    return linear(gelu_tanh(gate) * up, w.down)
+def _mlp(h: torch.Tensor, w: GemmaWeights, fast: bool = False) -> torch.Tensor:
+    gate, up = _linear(h, w.gate_up, fast).chunk(2, dim=-1)
+    return _linear(gelu_tanh(gate) * up, w.down, fast)
 
 
 def prefix_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, fast: bool = False) -> torch.Tensor:
@@ -222,7 +241,8 @@ def prefix_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, fast: boo
 def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torch.Tensor | None,
                  fast: bool = False) -> torch.Tensor:
     """One action-expert layer over the suffix x [B, S, W]: its K/V go to the caches' last S slots and it
-    attends to all of them [prefix ; suffix]. ada: π0.5's adaRMS rows for this layer and step, float32
+    attends to all of them [prefix ; suffix] (the fast path on a GPU: the attention kernel reads them in
+    place, the caches' last S slots are not written). ada: π0.5's adaRMS rows for this layer and step, float32
     [2, 3W] (input, post-attention), or None for π0 (RMSNorms w.norm1, w.norm2: no gate)."""
     h, gate = (rms_norm(x, w.norm1), None) if ada is None else _modulate(x, ada[0])
     start = k_cache.shape[2] - x.shape[1]
@@ -231,13 +251,35 @@ def expert_layer(x, w: GemmaWeights, k_cache, v_cache, mask, cos, sin, ada: torc
         # version counter would invalidate the saved K/V of the earlier layers; same values
         q, k, v = _project(h, w, k_cache.shape[1], k_cache.shape[3], cos, sin)
         k_cache, v_cache = torch.cat([k_cache[:, :, :start], k], dim=2), torch.cat([v_cache[:, :, :start], v], dim=2)
+        out = _attend(q, k_cache, v_cache, mask, w)
+    elif fast and (x.is_cuda or interpreted()) and common.ATTENTION_HEADS:
+        # the fast path's attention kernel reads this step's k and v in place behind the prefix's cached
+        # keys: no cache write (only this layer and step read them)
+        q, k, v = _project(h, w, k_cache.shape[1], k_cache.shape[3], cos, sin, fast)
+        out = _attend(q, k_cache, v_cache, mask, w, fast, new=(k, v))
     else:
-        q, _, _ = _qkv(h, w, k_cache, v_cache, start, cos, sin)
-    out = _attend(q, k_cache, v_cache, mask, w, fast and not torch.is_grad_enabled())
+        q, _, _ = _qkv(h, w, k_cache, v_cache, start, cos, sin, fast)
+        out = _attend(q, k_cache, v_cache, mask, w, fast)
     x = x + out if gate is None else x + out * gate
     h, gate = (rms_norm(x, w.norm2), None) if ada is None else _modulate(x, ada[1])
-    out = _mlp(h, w)
+    out = _mlp(h, w, fast and not torch.is_grad_enabled())
     return x + out if gate is None else x + out * gate
+
+
+def expert_stack(x, ws: list[GemmaWeights], k_cache, v_cache, mask, cos, sin, ada: torch.Tensor | None,
+                 fast: bool = False) -> torch.Tensor:
+    """Every action-expert layer of one denoise step (expert_layer after expert_layer). Compiled as ONE
+    graph (Pi0.compile_layers(kernels=True, stack=True)) so that a layer's last residual and the next
+    layer's norm are one kernel. k_cache / v_cache [L, B, Hkv, T, D]; ada [L, 2, 3W] or None."""
+    for i, w in enumerate(ws):
+        x = expert_layer(x, w, k_cache[i], v_cache[i], mask, cos, sin, None if ada is None else ada[i], fast)
+    return x
+
+
+# compile_layers(kernels=True, stack=None): the expert's layers of a step as one compiled graph. Off (opt-in):
+# not yet timed in a whole chunk on a GPU (round 4; with the K/V cache writes inside the one graph inductor
+# copied whole cache layers, ~4.5 µs per layer -- the opt-in common.ATTENTION_HEADS path writes no cache)
+STACK_DEFAULT = False
 
 
 class Pi0(nn.Module):
@@ -277,6 +319,7 @@ class Pi0(nn.Module):
         self._prefix_layer, self._expert_layer = prefix_layer, expert_layer   # compile_layers swaps them
         self._kernels = False   # compile_layers(kernels=True): the Triton attention kernel on a GPU
         self._fused = False     # compile_layers(fused=True): the fused expert layer kernels
+        self._expert_stack = None   # compile_layers(stack=True): all expert layers of a step, one graph
         self._ada_shift = None  # and π0.5's adaRMS shift @ W^T tables for them
 
     # --- checkpoint edge ---------------------------------------------------------------------------
@@ -370,7 +413,7 @@ class Pi0(nn.Module):
         return self
 
     def compile_layers(self, enabled: bool = True, backend: str = "inductor", kernels: bool = False,
-                       fused: bool = False) -> "Pi0":
+                       fused: bool = False, stack: bool | None = None) -> "Pi0":
         """Opt-in fast path: torch.compile the layer functions, fusing each layer's elementwise chains
         (norms, RoPE, residuals, gates, gelu * up) into a few kernels. One graph per layer kind (VLM,
         expert, SigLIP) and input shape, shared by all layers and steps. Matmuls stay cuBLAS (no
@@ -382,7 +425,10 @@ class Pi0(nn.Module):
         fused (CUDA, with kernels): the action expert's layer step as the fused Triton kernels of
         runtime/fused_expert.py (models/lerobot/fused.py: six launches per layer and step; norms in the
         GEMM prologues, RoPE and the K/V write and gelu * up and the gated residuals in their epilogues)
-        instead of the compiled expert_layer, which stays its reference."""
+        instead of the compiled expert_layer, which stays its reference.
+        stack (with kernels; None: STACK_DEFAULT): the expert's layers of one denoise step as ONE compiled
+        graph (expert_stack: a layer's residual fuses with the next layer's norm); autograd (RTC) keeps
+        the per-layer function."""
         opts = dict(backend=backend, dynamic=False, fullgraph=True)
         self._kernels = bool(enabled and kernels)
         # one graph per layer kind, camera count, weights mode and dtype: a process that serves or
@@ -397,6 +443,8 @@ class Pi0(nn.Module):
         self._prefix_layer, self._expert_layer = maybe(prefix_layer), maybe(expert_layer)
         self._fused = bool(enabled and kernels and fused)
         self._ada_shift = None
+        stack = STACK_DEFAULT if stack is None else stack
+        self._expert_stack = maybe(expert_stack) if (enabled and kernels and stack and not self._fused) else None
         if self._fused:
             from .fused import fused_expert_layer, shift_tables
             self._expert_layer = fused_expert_layer
@@ -454,7 +502,9 @@ class Pi0(nn.Module):
         # Suffix layout: π0 [state, actions], π0.5 [actions]; the first suffix token opens a new block.
         H = self.chunk_size
         S = H if self.pi05 else H + 1
-        fold = prefix.is_cuda   # grouped-query heads as rows: masks folded once here, not per call
+        # grouped-query heads as rows: masks folded once here, not per call (on a GPU; and where the
+        # kernels run under Triton's CPU interpreter, parity/test_triton_interpreter.py)
+        fold = prefix.is_cuda or (self._kernels and interpreted())
         kv = self._encode_prefix(prefix, prefix_pad, S, fold)
 
         suffix_pad = torch.ones(B, S, dtype=torch.bool, device=prefix.device)
@@ -509,13 +559,18 @@ class Pi0(nn.Module):
             h = F.silu(F.linear(act, self.w_action) + self.time_bias[step].to(dtype))
             x = torch.cat([state_emb, self.action_time_mlp_out(h)], dim=1)
         k_cache, v_cache = kv
-        for i, layer in enumerate(self.expert):
-            ada = self.ada_layers[i, :, step] if self.pi05 else None
-            if getattr(self, "_ada_shift", None) is not None and self._fused:
-                x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada, self._kernels,
-                                       (self._ada_shift[0][i, step], self._ada_shift[1][i, step]))
-            else:
-                x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada, self._kernels)
+        if getattr(self, "_expert_stack", None) is not None and not torch.is_grad_enabled():
+            x = self._expert_stack(x, [layer.weights() for layer in self.expert], k_cache, v_cache, mask, cos, sin,
+                                   self.ada_layers[:, :, step] if self.pi05 else None, self._kernels)
+        else:
+            for i, layer in enumerate(self.expert):
+                ada = self.ada_layers[i, :, step] if self.pi05 else None
+                if getattr(self, "_ada_shift", None) is not None and self._fused:
+                    x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada,
+                                           self._kernels, (self._ada_shift[0][i, step], self._ada_shift[1][i, step]))
+                else:
+                    x = self._expert_layer(x, layer.weights(), k_cache[i], v_cache[i], mask, cos, sin, ada,
+                                           self._kernels)
         if self.pi05:
             x, _ = _modulate(x, self.ada_final[step])
         else:
