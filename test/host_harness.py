@@ -120,6 +120,29 @@ class SpinningNode:
         self.context.try_shutdown()
 
 
+IDEMPOTENT = ("ready",)   # Trigger services that only report: safe to ask twice
+
+
+def call_service(client, request, timeout: float = 10.0, retry: bool = False):
+    """Call and wait for the answer. `retry` (idempotent requests only): a request sent right after
+    discovery can lose its response, because the server's response writer is not yet matched to this
+    client's reader (wait_for_service covers only the request side; rmw_fastrtps waits a short time
+    for the match, then drops the response: a DDS discovery race, seen under load, e.g. against a host
+    that answers the moment it is up); ask again every 2 s until the timeout."""
+    assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
+    deadline = time.monotonic() + timeout
+    while True:
+        future = client.call_async(request)
+        attempt_end = min(deadline, time.monotonic() + (2.0 if retry else timeout))
+        while not future.done() and time.monotonic() < attempt_end:
+            time.sleep(0.01)
+        if future.done() or time.monotonic() >= deadline:
+            break
+        client.remove_pending_request(future)
+    assert future.done(), f"{client.srv_name} did not answer within {timeout} s"
+    return future.result()
+
+
 class Robot(SpinningNode):
     """Publishes a reference world's camera and joint states at `rate` Hz (stamped `stamp_offset_s`
     from now) on its own context, and records the host's outputs with their arrival times.
@@ -228,14 +251,8 @@ class Robot(SpinningNode):
 
     # --- interaction ----------------------------------------------------------------------------------
     def call(self, name: str, timeout: float = 10.0):
-        client = self.clients[name]
-        assert client.wait_for_service(timeout_sec=timeout), f"/flashrt/{name} not available"
-        future = client.call_async(Trigger.Request())
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert future.done(), f"/flashrt/{name} did not answer within {timeout} s"
-        return future.result()
+        """/flashrt/<name> (std_srvs/Trigger); `ready` is a query, asked again if its answer is lost."""
+        return call_service(self.clients[name], Trigger.Request(), timeout, retry=name in IDEMPOTENT)
 
     def send(self, topic: str, text: str) -> None:
         {"task": self.task_pub, "coach": self.coach_pub, "interrupt": self.interrupt_pub}[topic].publish(String(data=text))

@@ -24,7 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 from flashrt_ros.msg import ActionChunk
 from flashrt_ros.ros.conversions import image_to_msg, joint_state_to_msg, stamp_to_ns
 from flashrt_ros.sim.follower import TrajectoryFollower
-from host_harness import SpinningNode, newest_status
+from host_harness import SpinningNode, call_service, newest_status
 
 ARM = [f"arm_joint_{i}" for i in range(1, 7)]
 GRIPPER = "gripper_finger"
@@ -143,21 +143,7 @@ class RealArm(SpinningNode):
 
     # --- interaction ---------------------------------------------------------------------------------
     def _call(self, client, request, timeout: float = 20.0, retry: bool = False):
-        """`retry` (idempotent requests only): a request sent right after discovery can lose its
-        response (the server's response writer not yet matched to our reader, which
-        wait_for_service does not cover: a DDS discovery race, seen under load); ask again."""
-        assert client.wait_for_service(timeout_sec=timeout), f"{client.srv_name} not available"
-        deadline = time.monotonic() + timeout
-        while True:
-            future = client.call_async(request)
-            attempt_end = min(deadline, time.monotonic() + (2.0 if retry else timeout))
-            while not future.done() and time.monotonic() < attempt_end:
-                time.sleep(0.01)
-            if future.done() or time.monotonic() >= deadline:
-                break
-            client.remove_pending_request(future)
-        assert future.done(), f"{client.srv_name} did not answer within {timeout} s"
-        return future.result()
+        return call_service(client, request, timeout, retry)
 
     def call(self, name: str):
         return self._call(self.clients[name], Trigger.Request())

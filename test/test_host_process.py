@@ -92,6 +92,36 @@ def test_host_process_runs_a_compressed_camera_and_ctrl_c_stops_safely_with_an_i
     assert all(c.inference_time > 0 for c in chunks)               # latencies are recorded
 
 
+def test_the_host_answers_ready_within_2_s_while_it_loads_and_compiles_the_models(tmp_path):
+    """Start-up takes seconds to minutes (loading, torch.compile, graph capture): the process spins
+    before it brings the nodes up, so /flashrt/ready answers throughout, "configuring" and then
+    "ready" (a host that configured before spinning left the first call unanswered for the whole load;
+    on a loaded machine longer than a client's timeout)."""
+    proc = start_host(tmp_path, "compile=true")   # the compiled actor: seconds of configure on a CPU
+    robot = Robot(seed=2)
+    failure = None
+    try:
+        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
+        assert proc.poll() is None
+        answers = [robot.call("ready", timeout=2.0)]
+        while not answers[-1].success and len(answers) < 600:
+            time.sleep(0.1)
+            answers.append(robot.call("ready", timeout=2.0))
+        assert answers[-1].success and answers[-1].message.startswith("ready"), answers[-1].message
+        # before: loading ("configuring"), then configured but not yet activated ("... inactive")
+        assert all(not a.success and ("configuring" in a.message or a.message.endswith("inactive"))
+                   for a in answers[:-1]), sorted({a.message for a in answers})
+        assert "configuring" in answers[0].message, answers[0].message
+    except AssertionError as err:
+        failure = err
+    finally:
+        code, out = finish(proc)
+        robot.close()
+    assert failure is None, f"{failure}\nhost output:\n{out}"
+    assert code == 0, out
+    assert "compile: actor compiled" in out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_start_up_failure_is_reported_and_the_process_keeps_serving(tmp_path):
     proc = start_host(tmp_path, "device=cuda")
@@ -100,8 +130,14 @@ def test_a_start_up_failure_is_reported_and_the_process_keeps_serving(tmp_path):
     try:
         assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
         assert proc.poll() is None, proc.stdout.read()
-        ready = robot.call("ready")
+        # the host answers at once, while it configures too (it spins before it brings the nodes up)
+        answers = [robot.call("ready", timeout=2.0)]
+        while "configuring" in answers[-1].message and len(answers) < 300:
+            time.sleep(0.2)
+            answers.append(robot.call("ready", timeout=2.0))
+        ready = answers[-1]
         assert not ready.success and "configure failed" in ready.message and "CUDA" in ready.message
+        assert all(not a.success and ("configuring" in a.message or a is ready) for a in answers)
         assert wait_for(lambda: (d := robot.diagnostic("host")) is not None and d[0] == DiagnosticStatus.ERROR, 10.0)
         start = robot.call("start")
         assert not start.success and "configure failed" in start.message

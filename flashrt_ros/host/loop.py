@@ -370,6 +370,8 @@ class PolicyLoop:
         if self.configure_error:
             return False, f"not ready: configure failed: {self.configure_error}"
         if self.engine is None:
+            if self._users:
+                return False, "not ready: configuring (loading the models, capturing the graphs)"
             return False, "not ready: not configured (models not loaded)"
         inactive = [r for r, a in self.active.items() if not a]
         if inactive:

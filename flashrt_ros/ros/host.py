@@ -7,7 +7,8 @@ Engine (and so the subtask buffer) through one PolicyLoop.
 
 With `autostart` (the default) the host configures and activates both nodes and starts an episode
 at launch; otherwise a lifecycle manager drives /flashrt_planner and /flashrt_actor and
-/flashrt/start begins the episode. Ctrl-C (or SIGTERM) publishes a stop, closes the recording and
+/flashrt/start begins the episode. The executor spins from the start, so /flashrt/ready and
+/diagnostics answer while the models load ("not ready: configuring"). Ctrl-C (or SIGTERM) publishes a stop, closes the recording and
 shuts down cleanly. With `exit_with_parent` (the default) the host also stops that way when the
 process that started it dies (a `ros2 launch` killed hard leaves its children running: nobody
 would be watching the arm).
@@ -56,6 +57,7 @@ class Host:
         self.executor.add_node(self.planner)
         self.executor.add_node(self.actor)
         self._spin_thread: threading.Thread | None = None
+        self._spin_error: BaseException | None = None
         self._closed = False
 
     # --- Outputs -------------------------------------------------------------------------------------
@@ -93,11 +95,12 @@ class Host:
         return ready
 
     # --- spinning ------------------------------------------------------------------------------------
-    def spin(self, parent_pid: int | None = None) -> None:
+    def spin(self, parent_pid: int | None = None, until: threading.Event | None = None) -> None:
         """Spin in the calling thread until the context shuts down (KeyboardInterrupt propagates),
-        or until `parent_pid` is no longer this process's parent (the launcher died)."""
+        until `parent_pid` is no longer this process's parent (the launcher died), or until `until`
+        is set."""
         ctx = self.executor.context
-        while ctx.ok() and not self._closed:
+        while ctx.ok() and not self._closed and not (until is not None and until.is_set()):
             self.executor.spin_once(timeout_sec=0.1)
             if parent_pid is not None and os.getppid() != parent_pid:
                 self.actor.get_logger().error(
@@ -105,11 +108,27 @@ class Host:
                     f"exiting (exit_with_parent)")
                 return
 
-    def spin_in_thread(self) -> "Host":
-        """Spin in a background thread (tests, tools); close() stops and joins it."""
-        self._spin_thread = threading.Thread(target=self.spin, name="flashrt-host-spin", daemon=True)
+    def spin_in_thread(self, parent_pid: int | None = None, until: threading.Event | None = None) -> "Host":
+        """Spin in a background thread (tools, tests; the process while the models load, so that
+        /flashrt/ready and /diagnostics answer then too); close() stops and joins it, as does
+        join_spin_thread() once `until` is set."""
+        def run():
+            try:
+                self.spin(parent_pid, until)
+            except BaseException as exc:   # raised again by join_spin_thread()
+                self._spin_error = exc
+        self._spin_error = None
+        self._spin_thread = threading.Thread(target=run, name="flashrt-host-spin", daemon=True)
         self._spin_thread.start()
         return self
+
+    def join_spin_thread(self) -> None:
+        """Wait for the spin thread to end (its `until` set) and raise what ended it, if anything."""
+        while self._spin_thread is not None and self._spin_thread.is_alive():
+            self._spin_thread.join(timeout=0.1)
+        self._spin_thread = None
+        if self._spin_error is not None:
+            raise self._spin_error
 
     def close(self) -> None:
         """Stop safely: a stop is published and the recording closed, then the dispatcher, the spin
@@ -161,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         getattr(host.actor.get_logger(), level)(f"environment: {line}")
     try:
         if args.config.autostart:
-            host.bring_up()
+            # serving while the models load (seconds to minutes), then spinning here as before
+            loaded = threading.Event()
+            host.spin_in_thread(parent_pid=parent, until=loaded)
+            try:
+                host.bring_up()
+            finally:
+                loaded.set()
+                host.join_spin_thread()
         host.spin(parent_pid=parent)
     except KeyboardInterrupt:
         host.actor.get_logger().info("interrupted (Ctrl-C / SIGTERM): stopping")
