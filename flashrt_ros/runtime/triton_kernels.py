@@ -12,6 +12,8 @@
   (common.attention's GPU layout) as one kernel, many small row blocks (the action expert's 400
   rows over the prefix K/V filled only 7 CTAs of SDPA's kernel), the keys split across programs; the
   last program of a row block to finish merges the slices in a fixed order (one launch, deterministic).
+  ``attention_heads`` is the same kernel in the layers' own layouts: q through its strides, the output
+  in [B, Tq, H * d], optionally the last keys from this step's own K/V in place (opt-in, round 4).
 
 Each has a torch reference (``*_reference``): the CPU path and the oracle the kernels are tested
 against (test/test_triton_kernels.py on a GPU; parity/test_triton_interpreter.py runs the kernels
