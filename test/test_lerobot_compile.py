@@ -106,7 +106,8 @@ def smolvla_graphs() -> dict[str, int]:
 
     from flashrt_ros.models.lerobot import smolvla
     kinds = {"vlm": smolvla.vlm_layer, "expert_self": smolvla.expert_self_layer,
-             "expert_cross": smolvla.expert_cross_layer, "vision": VisionLayer.forward}
+             "expert_cross": smolvla.expert_cross_layer, "vision": VisionLayer.forward,
+             "action_in": smolvla.action_in, "action_out": smolvla.action_out}
     return {kind: len(_debug_get_cache_entry_list(fn.__code__)) for kind, fn in kinds.items()}
 
 
@@ -125,14 +126,14 @@ def test_smolvla_compiled_layers_give_the_plain_actions_with_one_graph_per_layer
         net.compile_layers()
         compiled = net(*inputs)
         again = net(*inputs)
-        assert smolvla_graphs() == {"vlm": 1, "expert_self": 1, "expert_cross": 1, "vision": 1}
+        assert smolvla_graphs() == {"vlm": 1, "expert_self": 1, "expert_cross": 1, "vision": 1, "action_in": 1, "action_out": 1}
         net.compile_layers(False)
         restored = net(*inputs)
     assert float(plain.abs().max()) > 0.1
     assert (compiled - plain).abs().max() <= 1e-5
     assert torch.equal(again, compiled)
     assert torch.equal(restored, plain)
-    assert smolvla_graphs() == {"vlm": 1, "expert_self": 1, "expert_cross": 1, "vision": 1}
+    assert smolvla_graphs() == {"vlm": 1, "expert_self": 1, "expert_cross": 1, "vision": 1, "action_in": 1, "action_out": 1}
 
 
 @pytest.mark.parametrize("layout", [{}, {"attention_mode": "self_attn"}, {"self_attn_every_n_layers": 3}])

@@ -330,6 +330,20 @@ def expert_cross_layer(x, w: LlamaWeights, k, v, mask, cos, sin, eps: float, fas
     return _finish(x, _attend(q, k, v, mask, fast), w, eps)
 
 
+def action_in(x_t, t, w_in, b_in, w_time_in, b_time_in, w_time_out, b_time_out) -> torch.Tensor:
+    """A denoise step's input: action_in_proj(x_t) with the step's time embedding t [W] (float32 table row)
+    concatenated, through action_time_mlp_in -> silu -> action_time_mlp_out (SmolVLA._velocity's head)."""
+    act = linear(x_t.to(w_in.dtype), w_in, b_in)
+    t = t.to(act.dtype)[None, None].expand_as(act)
+    return linear(F.silu(linear(torch.cat([act, t], dim=2), w_time_in, b_time_in)), w_time_out, b_time_out)
+
+
+def action_out(x, x_t, norm, eps: float, w_out, b_out, dt: float) -> torch.Tensor:
+    """A denoise step's output: x_t + dt * action_out_proj(expert_norm(x)) (float32)."""
+    v = linear(rms_norm(x, norm, eps).to(w_out.dtype), w_out, b_out).float()
+    return x_t + dt * v
+
+
 class SmolVLA(nn.Module):
     """LeRobot's SmolVLA VLAFlowMatching for inference; forward() is the whole chunk (module docstring)."""
 
@@ -421,6 +435,7 @@ class SmolVLA(nn.Module):
         self._fold: bool | None = None   # grouped-query heads as rows in the fast path (None: on CUDA; tests: True)
         self._fast_weights: tuple | None = None   # (key, vlm LlamaWeights, expert LlamaWeights), built lazily
         self._vlm_layer, self._expert_self, self._expert_cross = vlm_layer, expert_self_layer, expert_cross_layer
+        self._action_in, self._action_out = action_in, action_out
 
     def _time_table(self, device: torch.device) -> torch.Tensor:
         t = torch.tensor(euler_times(self.num_steps), dtype=torch.float32, device=device)
@@ -484,7 +499,8 @@ class SmolVLA(nn.Module):
         """The fast path (as Pi0.compile_layers): the VLM and expert layers run as the layer functions
         above, torch.compile'd (dynamic=False, fullgraph=True, no cudagraph mode: the caller captures its
         own CUDA graph around forward()), one graph per layer kind (VLM, expert self-attention, expert
-        cross-attention, SigLIP) and input shape, shared by all layers and steps. Matmuls stay cuBLAS.
+        cross-attention, SigLIP; and a denoise step's head and tail: action_in, action_out) and input
+        shape, shared by all layers and steps. Matmuls stay cuBLAS.
         Compilation happens at the first forward of each shape: run one before capturing.
         kernels (CUDA): the attention through the Triton row kernel (grouped-query heads folded into
         rows; common.attention fast=True) instead of SDPA. fused: π0/π0.5 only (raises).
@@ -504,6 +520,7 @@ class SmolVLA(nn.Module):
         self._fast, self._kernels, self._fused = bool(enabled), bool(enabled and kernels), False
         self._vlm_layer, self._expert_self = maybe(vlm_layer), maybe(expert_self_layer)
         self._expert_cross = maybe(expert_cross_layer)
+        self._action_in, self._action_out = maybe(action_in), maybe(action_out)
         self._fast_weights = None   # rebuilt at the next fast forward (or dropped: the plain path)
         for layer in self.vision.encoder.layers:   # siglip.py's layer as it is: its bound forward, compiled
             vars(layer).pop("forward", None)
@@ -687,12 +704,12 @@ class SmolVLA(nn.Module):
                 v_in = v_cache[i, :, :, :P].transpose(1, 2).reshape(B, P, -1)
                 cross_kv[i] = attn.heads(attn.k_proj(k_in)), attn.heads(attn.v_proj(v_in))
 
-        x_t = noise.to(torch.float32)
+        x_t = noise.to(torch.float32, copy=True)   # made here, as every later x_t: one compiled graph for all steps
         dt = -1.0 / self.num_steps
+        head = [w for lin in (self.action_in_proj, self.action_time_mlp_in, self.action_time_mlp_out)
+                for w in (lin.weight, lin.bias)]
         for step in range(self.num_steps):
-            act = self.action_in_proj(x_t.to(dtype))
-            t = self.time_emb[step].to(dtype)[None, None].expand_as(act)
-            x = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([act, t], dim=2))))
+            x = self._action_in(x_t, self.time_emb[step], *head)
             for i, j in enumerate(self.expert_of):
                 if j is None:
                     continue
@@ -701,7 +718,6 @@ class SmolVLA(nn.Module):
                 else:
                     x = self._expert_self(x, w_exp[j], k_cache[i], v_cache[i], self_mask, *self_rope, ed.eps,
                                           self._kernels)
-            x = self.expert_norm(x)
-            v_t = self.action_out_proj(x.to(self.action_out_proj.weight.dtype)).float()
-            x_t = x_t + dt * v_t
+            x_t = self._action_out(x, x_t, self.expert_norm.weight, self.expert_norm.eps, self.action_out_proj.weight,
+                                   self.action_out_proj.bias, dt)
         return x_t
