@@ -101,7 +101,10 @@ class LerobotEngine:
         # the fast path's action expert as the fused Triton layer-step kernels (runtime/fused_expert.py),
         # under the same start-up gate as the rest of the fast path; CUDA only (the CPU runs plain torch)
         # (bf16 weights: quantised ones have their own GEMM)
-        self.fused_expert = bool(fused_expert) and self.device.type == "cuda" and weights == "bf16"
+        if fused_expert and (self.device.type != "cuda" or weights != "bf16"):
+            raise ValueError(f"fused_expert: the fused expert kernels run on a GPU with bf16 weights, not on "
+                             f"{self.device} with weights {weights}")
+        self.fused_expert = bool(fused_expert)
         if weights != "bf16":
             why = fp8_supported(self.device) if weights == "fp8" else None
             why = why or (tk.triton_error(self.device) if self.device.type == "cuda" else None)
@@ -119,8 +122,12 @@ class LerobotEngine:
         self.gates: dict[str, dict] = {}    # each start-up gate's numbers
         if weights != "bf16":
             self._quantize_gated(weights, len(p.camera_keys))
-        if compile_actor is None:   # the fast path by default where there is one: π0/π0.5 on a GPU
+        if self.fused_expert and p.kind == "smolvla":
+            raise ValueError("fused_expert: the fused expert kernels are π0/π0.5's (Gemma expert); SmolVLA has none")
+        if compile_actor is None:   # the fast path by default on a GPU: π0, π0.5, SmolVLA
             compile_actor = self.device.type == "cuda" and hasattr(p.model, "compile_layers")
+        if self.fused_expert and not compile_actor:
+            raise ValueError("fused_expert: the fused kernels are part of the fast path; not with compile: false")
         if compile_actor:
             self._compile_gated(len(p.camera_keys))
         self.config = LerobotInfo(name=f"lerobot_{p.kind}", n_cameras=len(p.camera_keys),
