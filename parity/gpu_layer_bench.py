@@ -52,6 +52,19 @@ def graph_us(fn, calls: int, reps: int = 15) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def recorder(rows: dict, ref: torch.Tensor, L: int):
+    """rec(label, fn, check=None): fn timed as a CUDA graph (graph_us over L layers) into rows[label], with
+    check()'s relative error against ref; a variant that fails is recorded with its error, not fatal."""
+    def rec(label, fn, check=None):
+        try:
+            t = graph_us(fn, L)
+            err = None if check is None else float((check().float() - ref).norm() / ref.norm())
+            rows[label] = {"us": t, "rel_err": err}
+        except Exception as e:  # noqa: BLE001
+            rows[label] = {"error": repr(e)[:300]}
+    return rec
+
+
 def expert_mask(T: int, P: int, G: int, pi05: bool, dev) -> torch.Tensor:
     from flashrt_ros.models.lerobot.common import additive_mask, aligned_rows, block_mask, fold_mask
     pad = torch.ones(1, P, dtype=torch.bool, device=dev)
@@ -82,16 +95,7 @@ def bench_attention(res: dict, quick: bool, dev) -> None:
         ref = tk.attention_heads_reference(q, kc[0], vc[0], mask, scale).float()
         rows = {}
 
-        def rec(label, fn, check=None):
-            try:
-                t = graph_us(fn, L)
-                err = None
-                if check is not None:
-                    o = check().float()
-                    err = float((o - ref).norm() / ref.norm())
-                rows[label] = {"us": t, "rel_err": err}
-            except Exception as e:  # noqa: BLE001
-                rows[label] = {"error": repr(e)[:300]}
+        rec = recorder(rows, ref, L)
 
         # round 3: fold copy of q, attention_rows (its tuned split), transpose copy
         def r3():
@@ -158,15 +162,7 @@ def bench_gemms(res: dict, quick: bool, dev) -> None:
         ref = F.linear(x.float(), ws[0].float())
         rows = {}
 
-        def rec(label, fn, check=None):
-            try:
-                t = graph_us(fn, L)
-                err = None
-                if check is not None:
-                    err = float((check().float() - ref).norm() / ref.norm())
-                rows[label] = {"us": t, "rel_err": err}
-            except Exception as e:  # noqa: BLE001
-                rows[label] = {"error": repr(e)[:300]}
+        rec = recorder(rows, ref, L)
         rec("cublas", lambda: [F.linear(x, ws[i]) for i in range(L)], lambda: F.linear(x, ws[0]))
         rec("cublas_m64", lambda: [F.linear(x64, ws[i]) for i in range(L)])
         rec("cublas+residual", lambda: [F.linear(x, ws[i]) + res_ for i in range(L)])

@@ -26,25 +26,10 @@ if [ -x "$VENV/bin/python" ] && installed; then
   exit 0
 fi
 
-# A Python 3.12: LEROBOT_PYTHON, python3.12 on PATH, pyenv's, or the usual install prefixes.
-find_python() {
-  local cand
-  for cand in "${LEROBOT_PYTHON:-}" "$(command -v python3.12 || true)" \
-              "$(pyenv prefix 3.12 2>/dev/null | head -n1)/bin/python3.12" \
-              "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 \
-              /usr/local/bin/python3.12 /usr/bin/python3.12; do
-    [ -n "$cand" ] && [ -x "$cand" ] || continue
-    # pyenv's shim exists even where no 3.12 is selected; running it tells.
-    if "$cand" -c 'import sys, venv; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
-      echo "$cand"
-      return 0
-    fi
-  done
-  return 1
-}
+. "$ROOT/scripts/python312.sh"   # find_python312
 
 if [ ! -x "$VENV/bin/python" ]; then
-  PY="$(find_python)" || {
+  PY="$(find_python312)" || {
     echo "lerobot_venv: no Python 3.12 found (set LEROBOT_PYTHON=/path/to/python3.12)" >&2
     exit 1
   }

@@ -26,19 +26,7 @@ S="$ROOT/.ros312"
 VENV="$S/venv"
 git check-ignore -q .ros312 || { echo "stage_ros_device: add '/.ros312/' to .git/info/exclude first" >&2; exit 1; }
 
-find_python() {
-  local cand
-  for cand in "${LEROBOT_PYTHON:-}" "$(command -v python3.12 || true)" \
-              "$(pyenv prefix 3.12 2>/dev/null | head -n1)/bin/python3.12" \
-              "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 \
-              /usr/local/bin/python3.12 /usr/bin/python3.12; do
-    [ -n "$cand" ] && [ -x "$cand" ] || continue
-    if "$cand" -c 'import sys, venv; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
-      echo "$cand"; return 0
-    fi
-  done
-  echo "stage_ros_device: no Python 3.12 found (set LEROBOT_PYTHON)" >&2; return 1
-}
+. "$ROOT/scripts/python312.sh"   # find_python312
 
 # --- 1. the Python 3.12 venv: runtime + build sections of requirements.txt, pinned ----------------
 mkdir -p "$S"
@@ -46,7 +34,10 @@ sed -n '/run time: ROS 2/,/run time: Python/p' requirements.txt | grep '^ros' > 
 { sed -n '/--- build:/,$p' requirements.txt | grep -v '^#' | grep -v '^$'; echo numpy==2.4.6; } > "$S/build-req.txt"
 key="$(cat "$S/runtime-req.txt" "$S/build-req.txt" constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$VENV/.stage-key" 2>/dev/null)" != "$key" ]; then
-  [ -x "$VENV/bin/python" ] || "$(find_python)" -m venv "$VENV"
+  if [ ! -x "$VENV/bin/python" ]; then
+    PY="$(find_python312)" || { echo "stage_ros_device: no Python 3.12 found (set LEROBOT_PYTHON)" >&2; exit 1; }
+    "$PY" -m venv "$VENV"
+  fi
   "$VENV/bin/python" -m pip install -q --no-input -r "$S/runtime-req.txt" -r "$S/build-req.txt" -c constraints.txt \
     2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
   # the wheels' CMake exports name their build image's Python: point them at this venv's (bootstrap.sh)

@@ -2,6 +2,7 @@
 (jpeg) camera, Ctrl-C mid-episode (a stop goes out, the process exits 0, the recording is intact),
 and a start-up failure that leaves the process serving readiness and diagnostics.
 """
+import contextlib
 import signal
 import subprocess
 import sys
@@ -92,64 +93,64 @@ def test_host_process_runs_a_compressed_camera_and_ctrl_c_stops_safely_with_an_i
     assert all(c.inference_time > 0 for c in chunks)               # latencies are recorded
 
 
+@contextlib.contextmanager
+def serving_host(tmp_path, *settings: str, seed: int):
+    """The host as its own process with a robot beside it, once its /flashrt/ready is discovered. At the
+    end: Ctrl-C, exit code 0, and with a failed assertion the host's own log beside it. Yields the robot
+    and a dict that holds the host's output ("out") after the block."""
+    proc = start_host(tmp_path, *settings)
+    robot = Robot(seed=seed)
+    result, failure = {}, None
+    try:
+        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
+        assert proc.poll() is None
+        yield robot, result
+    except AssertionError as err:
+        failure = err
+    finally:
+        code, result["out"] = finish(proc)
+        robot.close()
+    assert failure is None, f"{failure}\nhost output:\n{result['out']}"
+    assert code == 0, result["out"]
+
+
+def ready_answers(robot, done, limit: int = 600) -> list:
+    """/flashrt/ready every 0.1 s, each answered within 2 s (the host serves while it loads), until
+    done(answer); all the answers."""
+    answers = [robot.call("ready", timeout=2.0)]
+    while not done(answers[-1]) and len(answers) < limit:
+        time.sleep(0.1)
+        answers.append(robot.call("ready", timeout=2.0))
+    return answers
+
+
 def test_the_host_answers_ready_within_2_s_while_it_loads_and_compiles_the_models(tmp_path):
     """Start-up takes seconds to minutes (loading, torch.compile, graph capture): the process spins
     before it brings the nodes up, so /flashrt/ready answers throughout, "configuring" and then
     "ready" (a host that configured before spinning left the first call unanswered for the whole load;
     on a loaded machine longer than a client's timeout)."""
-    proc = start_host(tmp_path, "compile=true")   # the compiled actor: seconds of configure on a CPU
-    robot = Robot(seed=2)
-    failure = None
-    try:
-        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
-        assert proc.poll() is None
-        answers = [robot.call("ready", timeout=2.0)]
-        while not answers[-1].success and len(answers) < 600:
-            time.sleep(0.1)
-            answers.append(robot.call("ready", timeout=2.0))
+    # the compiled actor: seconds of configure on a CPU
+    with serving_host(tmp_path, "compile=true", seed=2) as (robot, result):
+        answers = ready_answers(robot, lambda a: a.success)
         assert answers[-1].success and answers[-1].message.startswith("ready"), answers[-1].message
         # before: loading ("configuring"), then configured but not yet activated ("... inactive")
         assert all(not a.success and ("configuring" in a.message or a.message.endswith("inactive"))
                    for a in answers[:-1]), sorted({a.message for a in answers})
         assert "configuring" in answers[0].message, answers[0].message
-    except AssertionError as err:
-        failure = err
-    finally:
-        code, out = finish(proc)
-        robot.close()
-    assert failure is None, f"{failure}\nhost output:\n{out}"
-    assert code == 0, out
-    assert "compile: actor compiled" in out
+    assert "compile: actor compiled" in result["out"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_start_up_failure_is_reported_and_the_process_keeps_serving(tmp_path):
-    proc = start_host(tmp_path, "device=cuda")
-    robot = Robot(seed=1)
-    failure = None
-    try:
-        assert wait_for(lambda: robot.clients["ready"].service_is_ready() or proc.poll() is not None, 60.0)
-        assert proc.poll() is None, proc.stdout.read()
-        # the host answers at once, while it configures too (it spins before it brings the nodes up)
-        answers = [robot.call("ready", timeout=2.0)]
-        while "configuring" in answers[-1].message and len(answers) < 300:
-            time.sleep(0.2)
-            answers.append(robot.call("ready", timeout=2.0))
+    with serving_host(tmp_path, "device=cuda", seed=1) as (robot, result):
+        answers = ready_answers(robot, lambda a: "configuring" not in a.message)
         ready = answers[-1]
         assert not ready.success and "configure failed" in ready.message and "CUDA" in ready.message
         assert all(not a.success and ("configuring" in a.message or a is ready) for a in answers)
         assert wait_for(lambda: (d := robot.diagnostic("host")) is not None and d[0] == DiagnosticStatus.ERROR, 10.0)
         start = robot.call("start")
         assert not start.success and "configure failed" in start.message
-    except AssertionError as err:
-        failure = err
-    finally:
-        code, out = finish(proc)
-        robot.close()
-    # the host's own log with a failure: a lost service answer (seen once, cause open) shows there
-    assert failure is None, f"{failure}\nhost output:\n{out}"
-    assert code == 0, out
-    assert "configure failed: DeviceError" in out
+    assert "configure failed: DeviceError" in result["out"]
 
 
 def test_a_host_killed_with_sigkill_leaves_a_readable_bag_up_to_the_last_chunks(tmp_path):

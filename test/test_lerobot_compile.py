@@ -79,11 +79,16 @@ def test_the_engine_keeps_the_compiled_path_only_behind_its_gate():
     """`compile: true` in the host: the engine compiles before capture, checks the compiled network
     against the plain one on seeded inputs, says so in its notes, and its chunks equal the plain
     engine's (fp32 CPU)."""
+    _plain_and_fast_engines_give_the_same_chunk(FIXTURES / "lerobot_pi05_tiny")
+
+
+def _plain_and_fast_engines_give_the_same_chunk(ckpt):
+    """The engine with compile true (gate passed, its note) and the plain one: the same chunk (fp32 CPU).
+    Returns the fast engine."""
     import numpy as np
 
     from flashrt_ros.engines.lerobot import LerobotEngine
 
-    ckpt = FIXTURES / "lerobot_pi05_tiny"
     plain, fast = LerobotEngine(ckpt, device="cpu"), LerobotEngine(ckpt, device="cpu", compile_actor=True)
     assert plain.notes == [] and len(fast.notes) == 1 and fast.notes[0].startswith("compile: layers compiled")
     rng = np.random.default_rng(4)
@@ -95,6 +100,7 @@ def test_the_engine_keeps_the_compiled_path_only_behind_its_gate():
         chunks.append(engine.act(images, ["rgb8", "rgb8"], q, chunk_seq=3).positions)
     np.testing.assert_allclose(chunks[1], chunks[0], rtol=0, atol=1e-5)
     assert float(np.abs(chunks[0]).max()) > 0.1     # a real chunk, not zeros
+    return fast
 
 
 # --- SmolVLA's fast path (SmolVLA.compile_layers) ------------------------------------------------------
@@ -169,21 +175,7 @@ def test_smolvla_fast_path_with_quantised_weights_and_no_fused_kernels(tmp_path)
 
 def test_the_engine_serves_smolvla_through_its_gated_fast_path(tmp_path):
     """compile: true with a SmolVLA checkpoint: the gate passes (note), the chunks equal the plain engine's."""
-    import numpy as np
-
-    from flashrt_ros.engines.lerobot import LerobotEngine
     from smolvla_tiny import write_smolvla_tiny
 
-    ckpt = write_smolvla_tiny(tmp_path / "smolvla")
-    plain, fast = LerobotEngine(ckpt, device="cpu"), LerobotEngine(ckpt, device="cpu", compile_actor=True)
-    assert plain.notes == [] and len(fast.notes) == 1 and fast.notes[0].startswith("compile: layers compiled")
+    fast = _plain_and_fast_engines_give_the_same_chunk(write_smolvla_tiny(tmp_path / "smolvla"))
     assert fast.gates["compile"]["cos"] >= 0.9999 and fast.policy.model._fast
-    rng = np.random.default_rng(4)
-    images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
-    q = rng.normal(size=7).astype(np.float32)
-    chunks = []
-    for engine in (plain, fast):
-        engine.set_task("pick up the red cube")
-        chunks.append(engine.act(images, ["rgb8", "rgb8"], q, chunk_seq=3).positions)
-    np.testing.assert_allclose(chunks[1], chunks[0], rtol=0, atol=1e-5)
-    assert float(np.abs(chunks[0]).max()) > 0.1

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .triton_kernels import _require, interpreted
+from .triton_kernels import _require, fastest, interpreted
 
 RMS_EPS = 1e-6
 _kernels: dict[str, object] = {}
@@ -89,16 +89,7 @@ def _pick(name: str, key: tuple, run) -> Config:
     if torch.cuda.is_current_stream_capturing():   # first seen under capture: the default, kept (graph == eager)
         _tuned[k] = DEFAULTS[name]
         return DEFAULTS[name]
-    import triton.testing
-    best, best_t = DEFAULTS[name], float("inf")
-    for c in CANDIDATES[name]:
-        try:
-            run(c)   # compile + warm
-            t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
-        except Exception:  # noqa: BLE001  e.g. OutOfResources: not a candidate on this GPU
-            continue
-        if t < best_t:
-            best, best_t = c, t
+    best = fastest(CANDIDATES[name], run, DEFAULTS[name])
     _tuned[k] = best
     return best
 
@@ -305,16 +296,8 @@ def _rows_choice(x: torch.Tensor, w: torch.Tensor) -> Config | None:
     best = None
     if TUNE and x.is_cuda and not interpreted() and not torch.cuda.is_current_stream_capturing():
         import triton.testing
-        best_t = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=20, return_mode="median")
-        for c in ROWS_CANDIDATES:
-            try:
-                rows_linear(x, w, config=c)
-                t = triton.testing.do_bench_cudagraph(lambda: rows_linear(x, w, config=c), rep=20,
-                                                      return_mode="median")
-            except Exception:  # noqa: BLE001  e.g. OutOfResources: not a candidate on this GPU
-                continue
-            if t < best_t:
-                best, best_t = c, t
+        cublas_t = triton.testing.do_bench_cudagraph(lambda: F.linear(x, w), rep=20, return_mode="median")
+        best = fastest(ROWS_CANDIDATES, lambda c: rows_linear(x, w, config=c), None, cublas_t)
     _rows_tuned[key] = best
     return best
 

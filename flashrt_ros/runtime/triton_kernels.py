@@ -55,6 +55,23 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def fastest(candidates, run, best=None, best_t: float = float("inf")):
+    """The tuners' rule: the fastest of `candidates` for run(c), each timed as CUDA-graph replays (median)
+    after one call that compiles and warms it, starting from (best, best_t); a candidate that fails to
+    compile or launch (e.g. more shared memory than this GPU has) is not a candidate here. GPU only,
+    outside graph capture."""
+    import triton.testing
+    for c in candidates:
+        try:
+            run(c)
+            t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
+        except Exception:  # noqa: BLE001  e.g. OutOfResources (shared memory): not a candidate
+            continue
+        if t < best_t:
+            best, best_t = c, t
+    return best
+
+
 def _require(device) -> None:
     err = triton_error(device)
     if err is not None:
@@ -349,16 +366,7 @@ def _attention(q, k, v, mask, scale, o, G: int, T: int, o_strides, split, config
                 config = cands[0]
                 if ATTN_TUNE and q.is_cuda and not interpreted():
                     if not torch.cuda.is_current_stream_capturing():
-                        import triton.testing
-                        best_t = float("inf")
-                        for c in cands:
-                            try:
-                                run(c)   # compile + warm
-                                t = triton.testing.do_bench_cudagraph(lambda: run(c), rep=20, return_mode="median")
-                            except Exception:  # noqa: BLE001  e.g. OutOfResources (shared memory): not a candidate
-                                continue
-                            if t < best_t:
-                                config, best_t = c, t
+                        config = fastest(cands, run, config)
                 _attn_tuned[key] = config   # under capture: the default, kept (graph == later eager calls)
     run(config)
 
