@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ import torch
 from flashrt_ros.models.lerobot import load_policy
 from flashrt_ros.tools.bench import measure_bandwidth
 from flashrt_ros.tools.bench_lerobot import bench_act, bench_network
+from parity.gpu_fast import free
 from parity.lerobot_reference import (CAMERAS, attach_feed, build, load, make_inputs, prepare_batch, run, save,
                                       timing)
 from parity.make_fixture import write_tokenizer
@@ -43,12 +43,6 @@ def errors(x: torch.Tensor, ref: torch.Tensor) -> dict:
 
 def images(inputs: dict) -> list[torch.Tensor]:
     return [inputs[f"image.{i}"] for i in range(sum(k.startswith("image.") for k in inputs))]
-
-
-def free():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def main(argv=None) -> None:
