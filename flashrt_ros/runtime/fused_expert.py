@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .triton_kernels import _require, fastest, interpreted
+from .triton_kernels import _require, fastest, interpreted, zeroed_counters
 
 RMS_EPS = 1e-6
 _kernels: dict[str, object] = {}
@@ -67,14 +67,8 @@ def _bm(M: int) -> int:
 
 
 def _lock(device: torch.device, n: int) -> torch.Tensor:
-    """Per device and stream: zeroed int32 counters for split-K's last-program fixup (each kernel
-    leaves them zero again)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
-    t = _locks.get(key)
-    if t is None or t.numel() < n:
-        t = _locks[key] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-    return t
+    """Split-K's last-program fixup counters."""
+    return zeroed_counters(_locks, device, n, 4096)
 
 
 def _pick(name: str, key: tuple, run) -> Config:
@@ -152,21 +146,25 @@ def gemm_residual_reference(a: torch.Tensor, w: torch.Tensor, res: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------ launchers
+def _pair_launch(x: torch.Tensor, mod: torch.Tensor, ada: bool, w: torch.Tensor, shift: torch.Tensor | None):
+    """What both pair_kernel launchers need: the kernel, its row block for x's rows, and the modulation row
+    it reads second (adaRMS: the shift projection, precomputed or made here; RMSNorm: mod again)."""
+    _require(x.device)
+    if ada and shift is None:
+        shift = shift_projection(mod, w)
+    return _build()["pair"], _bm(x.shape[0]), shift if ada else mod
+
+
 def norm_qkv_rope(x: torch.Tensor, S: int, mod: torch.Tensor, ada: bool, w: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, q_out: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   start: int, shift: torch.Tensor | None = None) -> torch.Tensor:
     """The kernel for norm_qkv_rope_reference (x [M, W] contiguous rows, w [(H + 2 Hkv) * D, W]). shift:
     adaRMS's shift_projection(mod, w) when precomputed (else computed here)."""
-    _require(x.device)
+    kern, bm, shp = _pair_launch(x, mod, ada, w, shift)
     M, W = x.shape
     B, H, _, D = q_out.shape
     Hkv = k_cache.shape[1]
     half = D // 2
-    kern = _build()["pair"]
-    bm = _bm(M)
-    if ada and shift is None:
-        shift = shift_projection(mod, w)
-    shp = shift if ada else mod
 
     def run(c: Config):
         per = -(-half // c.bn)
@@ -186,15 +184,10 @@ def norm_gate_up(x: torch.Tensor, mod: torch.Tensor, ada: bool, w: torch.Tensor,
                  shift: torch.Tensor | None = None) -> torch.Tensor:
     """The kernel for norm_gate_up_reference (w [2 F, W]: gate rows then up rows) -> [M, F]. shift: as in
     norm_qkv_rope."""
-    _require(x.device)
+    kern, bm, shp = _pair_launch(x, mod, ada, w, shift)
     M, W = x.shape
     Fd = w.shape[0] // 2
     out = torch.empty(M, Fd, dtype=x.dtype, device=x.device)
-    kern = _build()["pair"]
-    bm = _bm(M)
-    if ada and shift is None:
-        shift = shift_projection(mod, w)
-    shp = shift if ada else mod
 
     def run(c: Config):
         per = -(-Fd // c.bn)

@@ -423,15 +423,20 @@ def attention_configs(R: int, Tk: int, d: int, heads: int, sms: int, extra: bool
     return out
 
 
-def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """Per device and stream: zeroed int32 counters for the key slices' last-program merge (each launch
-    leaves them zero again)."""
+def zeroed_counters(pool: dict, device: torch.device, n: int, minimum: int) -> torch.Tensor:
+    """From `pool`, per device and stream: at least n zeroed int32 counters for a kernel's last-arriving
+    program step (the attention's key-slice merge, split-K's fixup; each launch leaves them zero again)."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)
-    t = _attn_locks.get(key)
+    t = pool.get(key)
     if t is None or t.numel() < n:
-        t = _attn_locks[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        t = pool[key] = torch.zeros(max(n, minimum), dtype=torch.int32, device=device)
     return t
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """The key slices' merge counters."""
+    return zeroed_counters(_attn_locks, device, n, 1024)
 
 
 # ------------------------------------------------------------------------------------ the kernels
