@@ -49,3 +49,13 @@ def test_a_lerobot_fast_path_below_the_gate_stops_start_up_with_the_numbers(monk
     monkeypatch.setattr(lerobot, "COMPILE_MIN_COS", 1.5)
     with pytest.raises(FastPathRefused, match=r"compiled fast path refused by its start-up gate: cosine [01]\.\d+ .*< 1\.5"):
         lerobot.LerobotEngine(ckpt, device="cpu", compile_actor=True)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device": "cpu"}, "run on a GPU with bf16 weights, not on cpu"),
+    ({"device": "cpu", "weights": "int8"}, "not on cpu with weights int8"),
+])
+def test_fused_expert_the_engine_cannot_run_is_refused_not_ignored(kwargs, message):
+    from flashrt_ros.engines.lerobot import LerobotEngine
+    with pytest.raises(ValueError, match=f"fused_expert: .*{message}"):
+        LerobotEngine(Path(__file__).parent / "fixtures" / "lerobot_pi05_tiny", fused_expert=True, **kwargs)
