@@ -2,12 +2,13 @@
 process the plain graph (the reference) and the paths named by --paths, each one CUDA graph per chunk,
 p50/p99; where the time goes (the prefix alone as its own graph; a torch.profiler kernel table of one
 chunk replay per path); the chosen kernel configs. Paths: "fast" (the default: compiled layers + the
-Triton row attention), "fast_heads" (+ the opt-in attention_heads: no copies around the attention, no
-K/V cache writes), "fast_stack" (+ the expert's layers of a step as one compiled graph), "fused" (the
+Triton row attention + the two below), "round3" (without them), "fast_heads" (+ the opt-in attention_heads: no copies around the attention, no
+K/V cache writes), "fast_stack" (+ the expert's layers of a step as one compiled graph), "fast_pdl" and
+"fast_tune" (+ programmatic dependent launch; + inductor's GEMM autotuning: settings()), "fused" (the
 fused expert kernels, opt-in).
 
     python -m parity.gpu_fused --out $OUT/fused.json --kinds pi05,pi0 [--iters 30] [--profile pi05]
-        [--paths plain,fast,fast_heads,fast_stack,fused]
+        [--paths plain,fast,fast_heads,fast_stack,fast_pdl,fast_tune,fused]
 
 Policies: parity.gpu_fast.write_full (seeded random weights, full LeRobot dims).
 """
@@ -51,23 +52,35 @@ _DEFAULTS: dict = {}
 
 
 def settings(path: str) -> None:
-    """The module switches for a path: "fast" = the defaults (the fast path as round 3 shipped it);
-    "fast_heads" = + common.ATTENTION_HEADS (attention_heads: q in place, output in the o projection's
+    """The module switches for a path: "fast" = the defaults (since run 8: fast_stack); "round3" = the
+    fast path as round 3 shipped it (neither of the next two); "fast_heads" = + common.ATTENTION_HEADS (attention_heads: q in place, output in the o projection's
     layout, the expert's own K/V read in place: no copies, no cache writes); "fast_stack" = + the expert's
-    layers of a step as one compiled graph (pi0.STACK_DEFAULT); anything else: the defaults."""
+    layers of a step as one compiled graph (pi0.STACK_DEFAULT); "fast_pdl" = fast_stack + programmatic
+    dependent launch (inductor's kernels and the attention kernel launched while the kernel before them
+    drains); "fast_tune" = fast_pdl + inductor's GEMM autotuning (Triton templates with fused epilogues vs
+    cuBLAS, timed per shape) for the expert's few-row layers; anything else: the defaults."""
     from flashrt_ros.models.lerobot import common, pi0
     from flashrt_ros.runtime import triton_kernels as tk
     if not _DEFAULTS:
-        _DEFAULTS.update(heads=common.ATTENTION_HEADS, stack=pi0.STACK_DEFAULT)
-    common.ATTENTION_HEADS, pi0.STACK_DEFAULT = _DEFAULTS["heads"], _DEFAULTS["stack"]
-    if path in ("fast_heads", "fast_stack"):
-        common.ATTENTION_HEADS = True
-    if path == "fast_stack":
-        pi0.STACK_DEFAULT = True
+        _DEFAULTS.update(heads=common.ATTENTION_HEADS, stack=pi0.STACK_DEFAULT, pdl=tk.PDL,
+                         options=dict(common.INDUCTOR_OPTIONS), expert=dict(common.EXPERT_OPTIONS))
+    common.ATTENTION_HEADS, pi0.STACK_DEFAULT, tk.PDL = _DEFAULTS["heads"], _DEFAULTS["stack"], _DEFAULTS["pdl"]
+    common.INDUCTOR_OPTIONS, common.EXPERT_OPTIONS = dict(_DEFAULTS["options"]), dict(_DEFAULTS["expert"])
+    if path in ("round3", "fast_heads"):   # run 8 made heads and stack the defaults; these are without them
+        pi0.STACK_DEFAULT = False
+        common.ATTENTION_HEADS = path == "fast_heads"
+    if path in ("fast_stack", "fast_pdl", "fast_tune"):
+        common.ATTENTION_HEADS = pi0.STACK_DEFAULT = True
+    if path in ("fast_pdl", "fast_tune"):
+        tk.PDL = True
+        common.INDUCTOR_OPTIONS = {**common.INDUCTOR_OPTIONS, "triton.enable_pdl": True}
+    if path == "fast_tune":
+        common.EXPERT_OPTIONS = {**common.EXPERT_OPTIONS, "max_autotune_gemm": True,
+                                 "max_autotune_gemm_backends": "ATEN,TRITON"}
     tk._attn_tuned.clear()
 
 
-def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "fast", "fast_heads", "fast_stack")) -> dict:
+def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "round3", "fast")) -> dict:
     from flashrt_ros.runtime import BufferSet, StaticGraph
     from flashrt_ros.runtime import fused_expert as fx
     dev = policy.device
@@ -153,7 +166,7 @@ def main(argv=None) -> None:
     ap.add_argument("--kinds", default="pi05,pi0")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--profile", default="pi05")
-    ap.add_argument("--paths", default="plain,fast,fast_heads,fast_stack")
+    ap.add_argument("--paths", default="plain,round3,fast")
     ap.add_argument("--work", type=Path, default=Path("/tmp/flashrt-fused"))
     args = ap.parse_args(argv)
     from flashrt_ros.models.lerobot import load_policy

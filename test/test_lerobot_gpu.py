@@ -155,17 +155,17 @@ def test_the_few_rows_gemm_is_its_reference():
 
 
 @pytest.mark.parametrize("kind", ["pi0", "pi05"])
-@pytest.mark.parametrize("path", ["fast", "heads_stack", "fused"])
+@pytest.mark.parametrize("path", ["fast", "round3", "fused"])
 def test_the_fast_and_fused_engines_pass_their_gate_graph_equals_eager_and_act_allocates_nothing(kind, path,
                                                                                                  monkeypatch):
-    # fast: the GPU default (compiled layers + the row attention); heads_stack: + the opt-in attention_heads
-    # (no copies, no K/V cache writes) and the expert's layers of a step as one compiled graph; fused:
-    # fused_expert=True
+    # fast: the GPU default (compiled layers, attention_heads: no copies, no K/V cache writes; the expert's
+    # layers of a step as one compiled graph); round3: the row attention on the folded copy of q with the K/V
+    # cache writes, one compiled graph per layer; fused: fused_expert=True
     from flashrt_ros.engines.lerobot import COMPILE_MIN_COS, LerobotEngine
     from flashrt_ros.models.lerobot import common, pi0
-    if path == "heads_stack":
-        monkeypatch.setattr(common, "ATTENTION_HEADS", True)
-        monkeypatch.setattr(pi0, "STACK_DEFAULT", True)
+    if path == "round3":
+        monkeypatch.setattr(common, "ATTENTION_HEADS", False)
+        monkeypatch.setattr(pi0, "STACK_DEFAULT", False)
     fused = path == "fused"
     e = LerobotEngine(FIXTURES / f"lerobot_{kind}_tiny", device="cuda", dtype="bfloat16", fused_expert=fused)
     g = e.gates["compile"]

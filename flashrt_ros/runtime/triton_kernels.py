@@ -336,6 +336,7 @@ def _attention(q, k, v, mask, scale, o, G: int, T: int, o_strides, split, config
     else:
         ms = (0, 0, 0, 0)
     kern = _build()["attn"]
+    pdl = pdl_enabled(q.device)
 
     def run(c: AttnConfig) -> None:
         row_blocks = -(-R // c.bm)
@@ -352,7 +353,7 @@ def _attention(q, k, v, mask, scale, o, G: int, T: int, o_strides, split, config
             q, k, v, m, o, acc, stats, lock, q.stride(0), q.stride(1), q.stride(2), *k.stride()[:3],
             *v.stride()[:3], *ms, *o_strides, R, T, Tk, k_per, float(scale), Hkv, G, kn, vn, P, *ns,
             SPLIT=n_split, HAS_MASK=has_mask, D=d, BM=c.bm, BN=c.bn, DC=min(d, 64), F32DOT=interpreted(),
-            NEW=new, num_warps=c.warps, num_stages=c.stages)
+            NEW=new, PDL=pdl, num_warps=c.warps, num_stages=c.stages, **({"launch_pdl": True} if pdl else {}))
 
     if config is None:
         # attention_heads' calls (G > 1 or k_new) also time ATTN_SMALL_R; attention_rows' keep round 3's
@@ -369,6 +370,17 @@ def _attention(q, k, v, mask, scale, o, G: int, T: int, o_strides, split, config
                         config = fastest(cands, run, config)
                 _attn_tuned[key] = config   # under capture: the default, kept (graph == later eager calls)
     run(config)
+
+
+# Programmatic dependent launch (Hopper and later, not the interpreter) for the attention kernel: it is
+# launched while the kernel before it drains and waits for it in its first instruction (griddepcontrol),
+# hiding the launch gap; inductor's own kernels do the same with common.INDUCTOR_OPTIONS
+# {"triton.enable_pdl": True}. Opt-in until a whole chunk shows it faster (docs/benchmarks/fast-h200.md)
+PDL = False
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    return PDL and device.type == "cuda" and not interpreted() and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 ATTN_TUNE = True                   # on a GPU: time attention_splits() once per shape (outside capture)
@@ -543,9 +555,11 @@ def _build() -> dict:
                     smb, smg, smm, smn, sob, soh, sot, R, T, Tk, k_per, scale, H, G,
                     kn, vn, P, snb, snh, snt, swb, swh, swt, SPLIT: tl.constexpr,
                     HAS_MASK: tl.constexpr, D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    DC: tl.constexpr, F32DOT: tl.constexpr, NEW: tl.constexpr):
+                    DC: tl.constexpr, F32DOT: tl.constexpr, NEW: tl.constexpr, PDL: tl.constexpr):
         # row r of K/V head h = query head h * G + g at token t (r = g * T + t); q, mask and o are read /
         # written through their own strides, so neither the fold nor the output transpose is a copy
+        if PDL:   # launched early (programmatic dependent launch): wait here until the kernel before is done
+            tl.extra.cuda.gdc_wait()
         pid_m = tl.program_id(0)
         hs = tl.program_id(1)
         b = tl.program_id(2)

@@ -14,12 +14,25 @@ from flashrt_ros.runtime.triton_kernels import attention_rows_supported, interpr
 # LeRobot/openpi fill masked attention logits with this finite value (not -inf): a padded query row
 # then averages instead of producing NaN, and a NaN never leaks into the keys others read.
 MASK_VALUE = -2.3819763e38
-# fast=True's kernel. False (the default): round 3's attention_rows on the folded copy of q, then the
-# transpose copy, the expert's K/V written to the caches. True (opt-in, round 4): attention_heads -- q read
-# in place, output in [B, Tq, H * d], the expert's own K/V read in place (no cache write). Off until a
-# whole chunk on a GPU shows it faster: round 4's one full-size run failed in the tuner (a candidate out
-# of shared memory, since skipped) before it was timed (docs/benchmarks/fast-h200.md round 4)
-ATTENTION_HEADS = False
+# fast=True's kernel. True (the default since run 8): attention_heads -- q read in place, output in
+# [B, Tq, H * d], the expert's own K/V read in place (no cache write); π0.5's chunk 16.30 -> 15.48 ms on the
+# H200 alone, 15.16 with pi0.STACK_DEFAULT (docs/benchmarks/fast-h200.md, run 8). False: round 3's
+# attention_rows on the folded copy of q, then the transpose copy, the expert's K/V written to the caches
+ATTENTION_HEADS = True
+
+# inductor options of the fast path's torch.compile calls ({}: inductor's defaults), for every layer kind,
+# plus EXPERT_OPTIONS for the action expert's few-row layers. Set per path by parity/gpu_fused.py; a
+# module default changes only with a whole-chunk measurement behind it (docs/benchmarks/fast-h200.md)
+INDUCTOR_OPTIONS: dict = {}
+EXPERT_OPTIONS: dict = {}
+
+
+def compiled(fn, backend: str = "inductor", expert: bool = False):
+    """torch.compile(fn) as the fast path compiles a layer function: static shapes, one whole graph, no
+    cudagraph mode (the engine captures its own CUDA graph around the chunk), with INDUCTOR_OPTIONS
+    (+ EXPERT_OPTIONS for expert=True) when the backend is inductor."""
+    options = {**INDUCTOR_OPTIONS, **(EXPERT_OPTIONS if expert else {})} if backend == "inductor" else {}
+    return torch.compile(fn, backend=backend, dynamic=False, fullgraph=True, options=options or None)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

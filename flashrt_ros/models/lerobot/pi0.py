@@ -276,10 +276,10 @@ def expert_stack(x, ws: list[GemmaWeights], k_cache, v_cache, mask, cos, sin, ad
     return x
 
 
-# compile_layers(kernels=True, stack=None): the expert's layers of a step as one compiled graph. Off (opt-in):
-# not yet timed in a whole chunk on a GPU (round 4; with the K/V cache writes inside the one graph inductor
-# copied whole cache layers, ~4.5 µs per layer -- the opt-in common.ATTENTION_HEADS path writes no cache)
-STACK_DEFAULT = False
+# compile_layers(kernels=True, stack=None): the expert's layers of a step as one compiled graph (a layer's
+# last residual and the next layer's norm in one kernel). On since run 8 (with common.ATTENTION_HEADS, which
+# writes no K/V cache inside it): π0.5's chunk 15.48 -> 15.16 ms on the H200 (docs/benchmarks/fast-h200.md)
+STACK_DEFAULT = True
 
 
 class Pi0(nn.Module):
@@ -429,7 +429,6 @@ class Pi0(nn.Module):
         stack (with kernels; None: STACK_DEFAULT): the expert's layers of one denoise step as ONE compiled
         graph (expert_stack: a layer's residual fuses with the next layer's norm); autograd (RTC) keeps
         the per-layer function."""
-        opts = dict(backend=backend, dynamic=False, fullgraph=True)
         self._kernels = bool(enabled and kernels)
         # one graph per layer kind, camera count, weights mode and dtype: a process that serves or
         # benchmarks several of them needs more than dynamo's default 8 per code object
@@ -438,13 +437,13 @@ class Pi0(nn.Module):
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
 
-        def maybe(fn):
-            return torch.compile(fn, **opts) if enabled else fn
-        self._prefix_layer, self._expert_layer = maybe(prefix_layer), maybe(expert_layer)
+        def maybe(fn, expert: bool = False):
+            return common.compiled(fn, backend, expert) if enabled else fn
+        self._prefix_layer, self._expert_layer = maybe(prefix_layer), maybe(expert_layer, True)
         self._fused = bool(enabled and kernels and fused)
         self._ada_shift = None
         stack = STACK_DEFAULT if stack is None else stack
-        self._expert_stack = maybe(expert_stack) if (enabled and kernels and stack and not self._fused) else None
+        self._expert_stack = maybe(expert_stack, True) if (enabled and kernels and stack and not self._fused) else None
         if self._fused:
             from .fused import fused_expert_layer, shift_tables
             self._expert_layer = fused_expert_layer

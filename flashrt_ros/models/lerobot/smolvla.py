@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import common
 from .common import (additive_mask, aligned_rows, apply_rope, attention, block_mask, euler_times, fit_state_dict,
                      fold_mask, parameter_bytes, rope_cos_sin, sinusoidal_time_embedding)
 from ..rtc import Guidance, euler_guided
@@ -513,14 +514,12 @@ class SmolVLA(nn.Module):
         for name in ("recompile_limit", "cache_size_limit"):   # see Pi0.compile_layers
             if hasattr(torch._dynamo.config, name):
                 setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-        opts = dict(backend=backend, dynamic=False, fullgraph=True)
-
-        def maybe(fn):
-            return torch.compile(fn, **opts) if enabled else fn
+        def maybe(fn, expert: bool = False):
+            return common.compiled(fn, backend, expert) if enabled else fn
         self._fast, self._kernels, self._fused = bool(enabled), bool(enabled and kernels), False
-        self._vlm_layer, self._expert_self = maybe(vlm_layer), maybe(expert_self_layer)
-        self._expert_cross = maybe(expert_cross_layer)
-        self._action_in, self._action_out = maybe(action_in), maybe(action_out)
+        self._vlm_layer, self._expert_self = maybe(vlm_layer), maybe(expert_self_layer, True)
+        self._expert_cross = maybe(expert_cross_layer, True)
+        self._action_in, self._action_out = maybe(action_in, True), maybe(action_out, True)
         self._fast_weights = None   # rebuilt at the next fast forward (or dropped: the plain path)
         for layer in self.vision.encoder.layers:   # siglip.py's layer as it is: its bound forward, compiled
             vars(layer).pop("forward", None)
