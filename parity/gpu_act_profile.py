@@ -6,7 +6,9 @@ The tiny fixture policies (or --full: full-size seeded ones), bf16, the engine's
 rgb8 frames. Rows: act() and the chunk graph's replay alone (p50,
 synchronised); then act()'s steps run one by one as act() runs them, each timed on the host, with a
 device synchronisation after each (so a step's time includes the device work it queued): the frames,
-normalise the state, (π0.5) the prompt, the noise, their one write, the replay (its last kernels: the postprocess and the D2H copies), the collect.
+the camera graph, normalise the state, (π0.5) the prompt, the noise, their one write, the rest of the chunk
+graph (its last kernels: the postprocess and the D2H copies), the collect. In act() itself the host steps
+between the camera graph and the rest run while the device runs the camera graph.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None) -> dict:
         qq = step("check joints", lambda: check_joints(q, p.state_dim))
         q0 = action_start(qq, None, e.config.action_dim)
         step("frames (copy, H2D, geometry)", lambda: e._write_frames(images, enc, s))
+        step("camera graph (frames -> image features)", e.vision_graph.replay)
         state = step("normalise state", lambda: p.normalize_state_np(qq))
         e._state_host[0, : state.shape[0]] = state
         inputs = {"actor.state": e._state_host}
@@ -58,7 +61,7 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None) -> dict:
             inputs["actor.prompt"] = np.concatenate([tok[0], tok[1].astype(np.int64)])[None]
         inputs.update(step("noise", lambda: e.chunk_io.inputs(i, q0)))
         step("write inputs (one copy)", lambda: e.buffers.write_many(inputs, stream=s))
-        step("graph replay (incl. postprocess + D2H)", e.actor_graph.replay)
+        step("chunk graph after the cameras (incl. postprocess + D2H)", e.actor_graph.graphs[-1].replay)
         step("collect", lambda: e.chunk_io.collect(s))
     out["steps_p50_ms"] = {k: float(np.median(v) * 1e3) for k, v in steps.items()}
     return out

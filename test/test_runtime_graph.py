@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashrt_ros.runtime import BufferError, BufferSet, GraphError, StaticGraph
+from flashrt_ros.runtime import BufferError, BufferSet, GraphChain, GraphError, StaticGraph
 
 
 def affine_graph(bufs):
@@ -29,6 +29,26 @@ def test_replay_reads_what_was_written_into_the_bound_buffer():
         g.replay()
         np.testing.assert_array_equal(bufs.read("y"), 2 * x + 1)
     assert g.replays == 3
+
+
+def test_a_chain_replays_its_graphs_in_order_and_counts_whole_replays():
+    # the second graph reads what the first wrote: out of order (or the first skipped) gives a stale z
+    bufs = make_bufs()
+    bufs.declare("z", (4,), torch.float32)
+    first = affine_graph(bufs).capture()
+    second = StaticGraph("square", lambda b: torch.mul(b["y"], b["y"], out=b["z"]), bufs, reads=["y"],
+                         writes=["z"]).capture()
+    chain = GraphChain("chain", first, second)
+    assert chain.captured and chain.replays == second.replays
+    before = (first.replays, second.replays)
+    for k in range(3):
+        x = np.arange(4, dtype=np.float32) - k
+        bufs.write("x", x)
+        chain.replay()
+        np.testing.assert_array_equal(bufs.read("z"), (2 * x + 1) ** 2)
+    assert (first.replays, second.replays) == (before[0] + 3, before[1] + 3) and chain.replays == before[1] + 3
+    with pytest.raises(ValueError):
+        GraphChain("empty")
 
 
 def test_replay_before_capture_is_an_error():

@@ -11,8 +11,10 @@ A LeRobot policy has no planner network: the task text is the subtask, and coach
 - π0.5 writes the normalised state into its prompt, so the prompt changes every chunk: it is
   tokenised on the host per chunk (the `tokenizers` library, ~0.1 ms) from the current subtask and
   written into a static token buffer; the subtask version is tracked on the host.
-Each chunk is ONE graph replay: the camera frames' resize-with-pad and normalisation, vision + prefix
-encode + all denoise steps (see models/lerobot/pi0.py). The uint8 frames (any size, any supported
+Each chunk is TWO graph replays on one stream (runtime GraphChain): the cameras (the frames' resize-with-pad
+and normalisation, the vision encoder), then the prefix encode + all denoise steps (see
+models/lerobot/pi0.py). act() launches the camera graph as soon as the frames are copied and prepares the
+state, prompt and noise while the device runs it. The uint8 frames (any size, any supported
 encoding) are copied into pinned staging and on into a static device buffer ("actor.frames"); their
 geometry goes into two small buffers the frame kernel reads inside the graph (runtime/triton_kernels.py),
 so camera sizes may change between calls without a recapture, and act() allocates no device memory.
@@ -23,7 +25,7 @@ the same network with every denoise step's velocity guided toward a prefix read 
 buffers ("actor.rtc_prefix" [1, H, max_action_dim], normalised and zero-padded as LeRobot pads
 prev_chunk_left_over; "actor.rtc_weights" [1, H, 1]). act(prefix=..., delay=d) normalises the prefix
 (the inverse of the checkpoint's action unnormalisation), writes both buffers and replays that graph;
-act() without a prefix replays the plain graph, unchanged. jacobian "vjp" (ΠGDM) differentiates
+act() without a prefix replays the plain graph, unchanged (both after the same camera graph). jacobian "vjp" (ΠGDM) differentiates
 through the action expert inside the graph: it is captured with autograd enabled (StaticGraph grad),
 the backward kernels in the same CUDA graph. The trained (hard-prefix) mode is not available for
 LeRobot checkpoints (see RTC_TRAINED_UNSUPPORTED).
@@ -44,7 +46,8 @@ from flashrt_ros.models.lerobot.loader import PolicyDirError
 from flashrt_ros.models.lerobot.quant import (QUANT_MAX_ERROR_RATIO, QUANT_MIN_COS, WEIGHT_MODES, fp8_supported,
                                               gate_passes, quantize_with_gate)
 from flashrt_ros.models.rtc import Guidance, RtcSettings, prefix_weights
-from flashrt_ros.runtime import BufferSet, CapsuleStore, StaticGraph, SubtaskChannel, SubtaskState, resolve_device
+from flashrt_ros.runtime import (BufferSet, CapsuleStore, GraphChain, StaticGraph, SubtaskChannel, SubtaskState,
+                                 resolve_device)
 from flashrt_ros.runtime.kernels import Postprocessor, image_layout
 from flashrt_ros.runtime import triton_kernels as tk
 
@@ -53,6 +56,9 @@ MAX_FRAME_BYTES = 1920 * 1200 * 4   # per camera: the static frame buffer (a lar
 FRAME_KERNEL_MAX_ABS = 1e-5          # the frame kernel's start-up gate vs LeRobot's torch ops (float32)
 RTC_MODES = ("guided", "trained")
 FRAME_BUFFERS = ("actor.frames", "actor.frame_geometry", "actor.frame_scales")
+# what the chunk's graph reads after the camera graph (the plain and the guided one)
+ACTOR_READS = ("actor.images", "actor.features", "actor.state", "actor.prompt", "actor.noise", "actor.q0",
+               "subtask.slots", "subtask.state")
 RTC_TRAINED_UNSUPPORTED = (
     "rtc_mode 'trained' (hard prefix with per-token flow time) is not available for LeRobot checkpoints: "
     "LeRobot 0.6.1 trains π0, π0.5 and SmolVLA with one flow time per chunk (no training-time RTC setting, "
@@ -164,11 +170,19 @@ class LerobotEngine:
         self.postprocess = Postprocessor(offset.numpy(), scale.numpy(), limits, vmax, self.config.chunk_dt,
                                          H, self.device)
         self.chunk_io = ChunkIO(b, self.postprocess, self.seed)
-        self.actor_graph = StaticGraph(
-            "actor", self._actor_fn, b,
-            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "actor.q0", "subtask.slots", "subtask.state"],
-            writes=["actor.images", "actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture()
-        self.rtc_graph: StaticGraph | None = None
+        # the chunk is two graphs on the actor stream: the cameras (frames -> images -> vision encoder ->
+        # image features), then the rest. act() launches the first as soon as the frames are copied and
+        # prepares the state, prompt and noise while the device encodes the cameras
+        with torch.inference_mode():
+            feats = self.actor.embed_images(b["actor.images"])
+        b.declare("actor.features", tuple(feats.shape), feats.dtype)
+        del feats
+        self.vision_graph = StaticGraph("actor_vision", self._vision_fn, b, reads=list(FRAME_BUFFERS),
+                                        writes=["actor.images", "actor.features"], stream=self.actor_stream).capture()
+        self.actor_graph = GraphChain("actor", self.vision_graph, StaticGraph(
+            "actor_chunk", lambda bufs: self._actor_fn(bufs, vision=False), b, reads=ACTOR_READS,
+            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream).capture())
+        self.rtc_graph: GraphChain | None = None
         if rtc is not None:
             b.declare("actor.rtc_prefix", (1, H, int(p.config["max_action_dim"])), torch.float32)
             b.declare("actor.rtc_weights", (1, H, 1), torch.float32)
@@ -307,34 +321,38 @@ class LerobotEngine:
                                                             b["actor.frame_scales"].tolist())]
             tk.frames_to_images_reference(b["actor.frames"], geo, images.shape[-1], images)
 
-    # --- the graph -----------------------------------------------------------------------------------
-    def _actor_fn(self, b: BufferSet, guidance: Guidance | None = None) -> None:
-        L = self.policy.max_length
+    # --- the graphs ----------------------------------------------------------------------------------
+    def _vision_fn(self, b: BufferSet) -> None:
+        """The cameras: frames -> images (resize-with-pad, normalisation) -> the vision encoder's features."""
         self._frames_to_images(b)
+        b["actor.features"].copy_(self.actor.embed_images(b["actor.images"]))
+
+    def _actor_fn(self, b: BufferSet, guidance: Guidance | None = None, vision: bool = True) -> None:
+        """The whole chunk (vision=False: from the image features _vision_fn left in their buffer)."""
+        L = self.policy.max_length
+        if vision:
+            self._vision_fn(b)
         slot, version = self.channel.read_in_graph(b)
         prompt = slot if self.prompt_in_channel else b["actor.prompt"]
         tokens, mask = prompt[:, :L], prompt[:, L:] != 0
-        if guidance is None:
-            out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"])
-        else:
-            out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"],
-                             guidance=guidance)
+        out = self.actor(b["actor.images"], self._img_masks, tokens, mask, b["actor.state"], b["actor.noise"],
+                         guidance=guidance, features=b["actor.features"])
         b["actor.actions"].copy_(out[..., : self.policy.action_dim])
         b["actor.subtask_version"].copy_(version)
         self.chunk_io.in_graph(b)
 
-    def capture_rtc_graph(self, rtc: RtcSettings) -> StaticGraph:
-        """The guided actor graph for `rtc` over the engine's buffers (the constructor captures the one
-        act() replays; a benchmark may capture another jacobian's). vjp: autograd inside the graph."""
+    def capture_rtc_graph(self, rtc: RtcSettings) -> GraphChain:
+        """The guided actor graph for `rtc` over the engine's buffers, after the same camera graph (the
+        constructor captures the one act() replays; a benchmark may capture another jacobian's). vjp:
+        autograd inside the graph."""
         def guided_fn(b: BufferSet) -> None:
             self._actor_fn(b, Guidance(b["actor.rtc_prefix"], b["actor.rtc_weights"], float(rtc.max_guidance_weight),
-                                       rtc.jacobian))
-        return StaticGraph(
-            f"actor_rtc_{rtc.jacobian}", guided_fn, self.buffers,
-            reads=[*FRAME_BUFFERS, "actor.state", "actor.prompt", "actor.noise", "actor.q0", "subtask.slots", "subtask.state",
-                   "actor.rtc_prefix", "actor.rtc_weights"],
-            writes=["actor.images", "actor.actions", "actor.subtask_version"], stream=self.actor_stream,
-            grad=rtc.jacobian == "vjp").capture()
+                                       rtc.jacobian), vision=False)
+        return GraphChain(f"actor_rtc_{rtc.jacobian}", self.vision_graph, StaticGraph(
+            f"actor_rtc_{rtc.jacobian}_chunk", guided_fn, self.buffers,
+            reads=[*ACTOR_READS, "actor.rtc_prefix", "actor.rtc_weights"],
+            writes=["actor.actions", "actor.subtask_version"], stream=self.actor_stream,
+            grad=rtc.jacobian == "vjp").capture())
 
     def rtc_inputs(self, prefix, delay: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The prefix [P, action_dim] in action units -> what "actor.rtc_prefix" holds (normalised as
@@ -426,6 +444,7 @@ class LerobotEngine:
                              f"{len(images)} images and {len(encodings)} encodings")
         stream = self.actor_stream
         self._write_frames(images, encodings, stream)   # first: its copy runs while the rest is prepared
+        self.vision_graph.replay()                      # and the cameras' encoder (everything below waits)
         state = p.normalize_state_np(q)
         self._state_host[0, : state.shape[0]] = state     # zero-padded to max_state_dim
         inputs = {"actor.state": self._state_host}
@@ -437,10 +456,7 @@ class LerobotEngine:
         if rtc_in is not None:
             inputs.update({"actor.rtc_prefix": rtc_in[0], "actor.rtc_weights": rtc_in[1]})
         self.buffers.write_many(inputs, stream=stream)     # one host-to-device copy for all of them
-        if rtc_in is not None:
-            self.rtc_graph.replay()
-        else:
-            self.actor_graph.replay()
+        (self.actor_graph if rtc_in is None else self.rtc_graph).graphs[-1].replay()   # the rest of the chunk
         positions, velocities, nonfinite, version = self.chunk_io.collect(stream)
         if self.prompt_in_channel:
             text = self.channel.state.text if version == self.channel.state.version else ""

@@ -3,11 +3,11 @@ multi-rate scheduler. Knows nothing of ROS, robots or episodes (hosts add that p
 from .buffers import BufferError, BufferSet
 from .capsule import Capsule, CapsuleStore
 from .device import DeviceError, resolve_device
-from .graph import GraphError, StaticGraph
+from .graph import GraphChain, GraphError, StaticGraph
 from .handoff import SubtaskChannel, SubtaskState
 from .scheduler import MultiRateScheduler, Task
 
 __all__ = [
     "BufferError", "BufferSet", "Capsule", "CapsuleStore", "DeviceError", "resolve_device",
-    "GraphError", "StaticGraph", "SubtaskChannel", "SubtaskState", "MultiRateScheduler", "Task",
+    "GraphChain", "GraphError", "StaticGraph", "SubtaskChannel", "SubtaskState", "MultiRateScheduler", "Task",
 ]

@@ -108,3 +108,32 @@ class StaticGraph:
         if changed:
             raise GraphError(f"graph {self.name!r}: buffers {changed} were re-bound since capture; recapture")
         self._generation = self.buffers.generation
+
+
+class GraphChain:
+    """Captured graphs replayed one after the other on one stream, as one unit: replay() is all of them,
+    in order. A caller with host work that only the later graphs need replays the first ones itself
+    (`graphs[0].replay()`), does that work while the device runs them, then replays the rest
+    (e.g. an engine's camera encoder, then the chunk: LerobotEngine.act). `replays` counts the last
+    graph's replays: whole chunks."""
+
+    def __init__(self, name: str, *graphs: StaticGraph):
+        if not graphs:
+            raise ValueError("a graph chain needs at least one graph")
+        self.name, self.graphs = name, tuple(graphs)
+
+    @property
+    def replays(self) -> int:
+        return self.graphs[-1].replays
+
+    @property
+    def captured(self) -> bool:
+        return all(g.captured for g in self.graphs)
+
+    def replay(self, stream: "torch.cuda.Stream | None" = None) -> None:
+        for g in self.graphs:
+            g.replay(stream)
+
+    def synchronize(self) -> None:
+        for g in self.graphs:
+            g.synchronize()

@@ -483,16 +483,18 @@ class Pi0(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, img_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                state: torch.Tensor, noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
+                state: torch.Tensor, noise: torch.Tensor, guidance: Guidance | None = None,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         """images [B, n, 3, R, R] in [-1, 1], img_masks [B, n] bool, tokens [B, L] int64, token_mask [B, L] bool,
         state [B, max_state_dim] (normalised, padded; unused by π0.5), noise [B, H, max_action_dim]
         -> actions [B, H, max_action_dim] (normalised). guidance: RTC's prefix guidance at every denoise
-        step (models/rtc.py); None: the plain loop."""
+        step (models/rtc.py); None: the plain loop. features: embed_images(images), computed before (the
+        engine encodes the cameras as a graph of their own); None: computed here."""
         if not self._finalized:
             raise RuntimeError("call finalize(device, dtype) after loading the weights")
         dtype = self.action_in_proj.weight.dtype
         B, n = images.shape[:2]
-        img = self.embed_images(images)
+        img = self.embed_images(images) if features is None else features
         P_img = img.shape[1] // n
         # Gemma scales embeddings by sqrt(width), the constant rounded through float32 as HF does
         lang = self.embed(tokens) * self._embed_scale

@@ -561,15 +561,17 @@ class SmolVLA(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, img_masks: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                state: torch.Tensor, noise: torch.Tensor, guidance: Guidance | None = None) -> torch.Tensor:
+                state: torch.Tensor, noise: torch.Tensor, guidance: Guidance | None = None,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         """images [B, n, 3, R, R] in [-1, 1], img_masks [B, n] bool, tokens [B, L] int64, token_mask [B, L] bool,
         state [B, max_state_dim] (normalised, padded), noise [B, chunk, max_action_dim]
         -> actions [B, chunk, max_action_dim] float32 (normalised). guidance: RTC's prefix guidance at every
-        denoise step (models/rtc.py); None: the plain loop."""
+        denoise step (models/rtc.py); None: the plain loop. features: embed_images(images), computed before
+        (as Pi0.forward); None: computed here."""
         dtype = self.action_in_proj.weight.dtype
         B, n = images.shape[:2]
         dev = images.device
-        img = self.embed_images(images).to(dtype)
+        img = (self.embed_images(images) if features is None else features).to(dtype)
         lang = (self.embed(tokens) * math.sqrt(self.text_dims.width)).to(dtype)
         state_tok = self.state_proj(state.to(dtype))[:, None]
         prefix = torch.cat([img, lang, state_tok], dim=1)
