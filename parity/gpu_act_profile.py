@@ -23,11 +23,12 @@ import torch
 FIXTURES = Path(__file__).resolve().parents[1] / "test" / "fixtures"
 
 
-def profile(kind: str, iters: int, checkpoint: Path | None = None) -> dict:
+def profile(kind: str, iters: int, checkpoint: Path | None = None, prompt_tokens: int = 0) -> dict:
     from flashrt_ros.engines.base import action_start, check_joints
     from flashrt_ros.engines.lerobot import LerobotEngine
     from flashrt_ros.tools.bench import _pct, _time
-    e = LerobotEngine(checkpoint or FIXTURES / f"lerobot_{kind}_tiny", device="cuda", dtype="bfloat16")
+    e = LerobotEngine(checkpoint or FIXTURES / f"lerobot_{kind}_tiny", device="cuda", dtype="bfloat16",
+                      prompt_tokens=prompt_tokens)
     e.set_task("pick up the red cube")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
@@ -36,6 +37,7 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None) -> dict:
     seq = iter(range(10**9))
     dev = e.device
     out = {"kind": kind, "checkpoint": "full size, seeded" if checkpoint else "tiny fixture", "notes": e.notes,
+           "prompt_tokens": e.prompt_tokens,
            "act": _pct(_time(lambda: e.act(images, enc, q, next(seq)), dev, iters)),
            "replay": _pct(_time(e.actor_graph.replay, dev, iters))}
     p, s = e.policy, e.actor_stream
@@ -74,6 +76,7 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--full", action="store_true", help="full-size seeded policies (parity.gpu_fast.write_full), "
                                                         "two cameras, instead of the tiny fixtures")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="the engine's prompt_tokens (0: auto)")
     args = ap.parse_args(argv)
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name(0),
            "torch": torch.__version__, "profiles": []}
@@ -85,9 +88,9 @@ def main(argv=None) -> None:
             one = write_full(kind, Path(f"/tmp/flashrt-act/{kind}/cam1"), 1)
             ckpt = write_full(kind, Path(f"/tmp/flashrt-act/{kind}/cam2"), 2, weights_from=one)
             with no_init():
-                r = profile(kind, args.iters, ckpt)
+                r = profile(kind, args.iters, ckpt, args.prompt_tokens)
         else:
-            r = profile(kind, args.iters)
+            r = profile(kind, args.iters, prompt_tokens=args.prompt_tokens)
         res["profiles"].append(r)
         print(json.dumps(r, indent=1), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

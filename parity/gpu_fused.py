@@ -80,13 +80,14 @@ def settings(path: str) -> None:
     tk._attn_tuned.clear()
 
 
-def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "round3", "fast")) -> dict:
+def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "round3", "fast"),
+          tokens: int | None = None) -> dict:
     from flashrt_ros.runtime import BufferSet, StaticGraph
     from flashrt_ros.runtime import fused_expert as fx
     dev = policy.device
     net = policy.model
     b = BufferSet(dev)
-    for name, t in policy.probe_inputs(1, 0).items():
+    for name, t in policy.probe_inputs(1, 0, tokens=tokens).items():
         b.declare(name, tuple(t.shape), t.dtype).copy_(t)
     b.declare("actions", tuple(b["noise"].shape), torch.float32)
     b.declare("kv", (1,), torch.float32)
@@ -168,6 +169,8 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="pi05")
     ap.add_argument("--paths", default="plain,round3,fast")
     ap.add_argument("--work", type=Path, default=Path("/tmp/flashrt-fused"))
+    ap.add_argument("--prompt-tokens", default="", help="comma-separated prompt slot counts to time (the engine's "
+                    "prompt_tokens); '' = the policy's tokenizer_max_length. Rows '<kind>@<n>'")
     args = ap.parse_args(argv)
     from flashrt_ros.models.lerobot import load_policy
     from parity.gpu_fast import free, write_full
@@ -200,17 +203,20 @@ def main(argv=None) -> None:
         with no_init():
             policy = load_policy(d, dev, "bfloat16")
         log(f"{kind}: loaded")
-        try:
-            res["policies"][kind] = bench(policy, args.iters, bw, kind in args.profile.split(","),
-                                          tuple(args.paths.split(",")))
-        except Exception as e:   # recorded, not hidden; the next policy still runs
+        for n in [int(x) for x in args.prompt_tokens.split(",") if x] or [None]:
+          row = kind if n is None else f"{kind}@{n}"
+          try:
+            res["policies"][row] = bench(policy, args.iters, bw, kind in args.profile.split(","),
+                                         tuple(args.paths.split(",")), tokens=n)
+            res["policies"][row]["prompt_tokens"] = n or policy.max_length
+          except Exception as e:   # recorded, not hidden; the next policy still runs
             import traceback
-            res["policies"][kind] = {"error": traceback.format_exc()}
-        r = res["policies"][kind]
-        if "error" in r:
-            log(f"{kind}: ERROR {r['error'][-600:]}")
-        else:
-            log(f"{kind}: " + " | ".join(f"{p} {r[p]['graph']['p50_ms']:.2f}/{r[p]['graph']['p99_ms']:.2f} ms"
+            res["policies"][row] = {"error": traceback.format_exc()}
+          r = res["policies"][row]
+          if "error" in r:
+            log(f"{row}: ERROR {r['error'][-600:]}")
+          else:
+            log(f"{row}: " + " | ".join(f"{p} {r[p]['graph']['p50_ms']:.2f}/{r[p]['graph']['p99_ms']:.2f} ms"
                                          f" cos {r[p].get('cos_vs_plain', 1.0):.7f}" for p in args.paths.split(",")
                                          if "graph" in r.get(p, {})) + f" | floor {r['floor_ms']:.2f} | "
                 f"{r['tuned_configs']} | rows {r['rows_linear']}")

@@ -314,6 +314,11 @@ def test_compile_is_auto_true_or_false_and_weights_apply_to_lerobot_models_only(
         load_config([], {}, [("weights", "int8")])
     with pytest.raises(ConfigError, match="'weights' = 'int4'"):
         load_config([], {}, [("weights", "int4")])
+    assert load_config([], {}, []).prompt_tokens == 0                      # auto
+    with pytest.raises(ConfigError, match="'prompt_tokens' = 64.*LeRobot models only"):
+        load_config([], {}, [("prompt_tokens", "64")])
+    with pytest.raises(ConfigError, match="'prompt_tokens'"):
+        load_config([], {}, [("prompt_tokens", "-3")])
 
 
 def test_episode_and_critic_parameters_are_checked():

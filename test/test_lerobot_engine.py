@@ -296,3 +296,49 @@ def test_the_per_chunk_numpy_state_normalisation_is_torch_s_bit_for_bit(mode):
     want = norm.normalize(x).numpy()
     got = np.stack([norm.normalize_np(row) for row in x.numpy()])
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# --- the prompt's token budget (prompt_tokens) ------------------------------------------------------
+def test_pi05s_prompt_budget_is_below_lerobots_padding_and_gives_lerobots_chunk():
+    # auto: room for the state and 48 tokens of task text, not LeRobot's 200 slots of mostly padding; the
+    # padding is masked, so the chunk is LeRobot's (the reference tokenises to 200) and the 200-slot graph's
+    trimmed = LerobotEngine(checkpoint=policy_dir("pi05"), device="cpu", seed=SEED, joint_limits=WIDE,
+                            max_velocity=WIDE_VMAX)
+    full = LerobotEngine(checkpoint=policy_dir("pi05"), device="cpu", seed=SEED, joint_limits=WIDE,
+                         max_velocity=WIDE_VMAX, prompt_tokens=200)
+    assert trimmed.prompt_tokens == 64 and full.prompt_tokens == trimmed.policy.max_length == 200
+    assert trimmed.buffers["actor.prompt"].shape[-1] == 2 * 64
+    chunks = []
+    for e in (trimmed, full):
+        e.set_task(TASK)
+        chunks.append(e.act(IMAGES, ENCODINGS, Q, chunk_seq=5).positions)
+    expected = reference_chunk("pi05", TASK, IMAGES, Q, 5)
+    np.testing.assert_allclose(chunks[0], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(chunks[0], chunks[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind_", KINDS)
+def test_a_text_that_does_not_fit_the_prompt_budget_is_refused_and_the_subtask_is_kept(kind_):
+    e = LerobotEngine(checkpoint=policy_dir(kind_), device="cpu", seed=SEED, joint_limits=WIDE,
+                      max_velocity=WIDE_VMAX, prompt_tokens=24)
+    e.set_task(TASK)
+    before = e.act(IMAGES, ENCODINGS, Q, chunk_seq=2)
+    long_text = " ".join(["pick up the red cube and then"] * 4)      # 28 words: over 24 tokens
+    with pytest.raises(ValueError, match="prompt_tokens 24"):
+        e.coach(long_text)
+    with pytest.raises(ValueError, match="prompt_tokens 24"):
+        e.set_task(long_text)
+    assert (e.subtask.text, e.subtask.version) == (TASK, before.subtask_version)
+    after = e.act(IMAGES, ENCODINGS, Q, chunk_seq=2)                   # still serving, the same chunk
+    np.testing.assert_array_equal(after.positions, before.positions)
+    e.coach("open the drawer")                                        # a text that fits is taken
+    assert e.act(IMAGES, ENCODINGS, Q, chunk_seq=2).subtask_text == "open the drawer"
+
+
+def test_a_prompt_budget_above_lerobots_or_too_small_for_any_prompt_stops_start_up():
+    with pytest.raises(ValueError, match="tokenizer_max_length 200"):
+        LerobotEngine(checkpoint=policy_dir("pi05"), device="cpu", prompt_tokens=201)
+    with pytest.raises(ValueError, match="prompt_tokens 4"):      # π0.5: the state alone needs more
+        LerobotEngine(checkpoint=policy_dir("pi05"), device="cpu", prompt_tokens=4)
+    with pytest.raises(ValueError, match="integer >= 0"):
+        LerobotEngine(checkpoint=policy_dir("pi0"), device="cpu", prompt_tokens=-1)

@@ -11,7 +11,7 @@ def engine_factory(model: str) -> tuple[Callable[..., Any], dict]:
     """(class, extra keyword names it takes beyond the common ones) for the `model` parameter."""
     if model.startswith("lerobot_"):
         from flashrt_ros.engines.lerobot import LerobotEngine
-        return LerobotEngine, {"tokenizer", "weights"}
+        return LerobotEngine, {"tokenizer", "weights", "prompt_tokens"}
     from flashrt_ros.engines.builtin import Engine
     return Engine, set()
 
@@ -43,6 +43,8 @@ def make_engine(config, factory: Callable[..., Any] | None = None, limits=None):
         kwargs["tokenizer"] = config.tokenizer or None
     if "weights" in extra and hasattr(config, "weights"):   # LeRobot: bf16 | fp8 | int8 (host parameter `weights`)
         kwargs["weights"] = config.weights
+    if "prompt_tokens" in extra and hasattr(config, "prompt_tokens"):
+        kwargs["prompt_tokens"] = config.prompt_tokens
     if getattr(config, "overlap_policy", "") == "rtc":
         from flashrt_ros.models.rtc import RtcSettings
         kwargs["rtc"] = RtcSettings(config.rtc_schedule, config.rtc_execution_horizon, config.rtc_max_guidance_weight,

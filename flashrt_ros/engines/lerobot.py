@@ -55,6 +55,8 @@ DEFAULT_CHUNK_DT = 0.02
 MAX_FRAME_BYTES = 1920 * 1200 * 4   # per camera: the static frame buffer (a larger frame is refused, named)
 FRAME_KERNEL_MAX_ABS = 1e-5          # the frame kernel's start-up gate vs LeRobot's torch ops (float32)
 RTC_MODES = ("guided", "trained")
+# prompt_tokens auto (π0.5): the task text's share of the prompt budget (π0's and SmolVLA's whole budget)
+PROMPT_TASK_TOKENS = 48
 FRAME_BUFFERS = ("actor.frames", "actor.frame_geometry", "actor.frame_scales")
 # what the chunk's graph reads after the camera graph (the plain and the guided one)
 ACTOR_READS = ("actor.images", "actor.features", "actor.state", "actor.prompt", "actor.noise", "actor.q0",
@@ -88,7 +90,9 @@ class LerobotEngine:
                  planner_pieces: int = 1, dtype: str = "float32", compile_actor: bool | None = None,
                  weights: str = "bf16", fused_expert: bool = False,
                  tokenizer: str | Path | None = None, rtc: RtcSettings | None = None, rtc_mode: str = "guided",
-                 max_frame_bytes: int = MAX_FRAME_BYTES):
+                 max_frame_bytes: int = MAX_FRAME_BYTES, prompt_tokens: int = 0):
+        if isinstance(prompt_tokens, bool) or int(prompt_tokens) != prompt_tokens or prompt_tokens < 0:
+            raise ValueError(f"prompt_tokens must be an integer >= 0 (0: auto), got {prompt_tokens!r}")
         if rtc_mode not in RTC_MODES:
             raise ValueError(f"rtc_mode {rtc_mode!r}: expected one of {', '.join(RTC_MODES)}")
         if rtc_mode == "trained":
@@ -123,6 +127,8 @@ class LerobotEngine:
             raise PolicyDirError(f"{checkpoint}: relative actions (use_relative_actions) are not supported yet")
         if p.tokenizer is None:
             p.tokenize("")  # raises the clear "no tokenizer.json" error
+        self.prompt_tokens = self._prompt_budget(int(prompt_tokens))
+        self._check_prompt_fits("")   # a budget too small for any prompt stops start-up
         self.actor = p.model
         self.notes: list[str] = []          # start-up facts the host logs (e.g. the compile gate)
         self.gates: dict[str, dict] = {}    # each start-up gate's numbers
@@ -140,7 +146,7 @@ class LerobotEngine:
                                   image_size=p.model.image_size, state_dim=p.state_dim, action_dim=p.action_dim,
                                   horizon=p.n_action_steps, num_steps=int(p.config.get("num_inference_steps",
                                                                                        p.config.get("num_steps", 10))))
-        D, H, L = p.action_dim, p.chunk_size, p.max_length
+        D, H, L = p.action_dim, p.chunk_size, self.prompt_tokens
         limits = np.asarray(joint_limits if joint_limits is not None else [[-np.inf, np.inf]] * D, np.float32)
         vmax = np.asarray(max_velocity if max_velocity is not None else [np.inf] * D, np.float32)
         if limits.shape != (D, 2) or vmax.shape != (D,):
@@ -199,6 +205,37 @@ class LerobotEngine:
         self._task_text = ""
         self._subtask = SubtaskState(0, "", "none")   # π0.5's host-side subtask
 
+    def _prompt_budget(self, asked: int) -> int:
+        """The prompt's token slots in the graph. LeRobot pads every prompt to tokenizer_max_length (π0.5:
+        200) and the VLM runs over the padding too; masked, it changes no valid token's output, so a
+        shorter static budget gives the same chunk for less prefix work. 0 (auto): π0 and SmolVLA keep
+        tokenizer_max_length (48); π0.5 gets room for the state at its longest (every bin 3 digits) plus
+        PROMPT_TASK_TOKENS of task text, in multiples of 16, at most tokenizer_max_length. A task or
+        coaching text that does not fit a budget below tokenizer_max_length is refused when it is set
+        (_check_prompt_fits); at tokenizer_max_length longer prompts are truncated as LeRobot truncates."""
+        p = self.policy
+        if asked > p.max_length:
+            raise ValueError(f"prompt_tokens {asked} is more than the policy's tokenizer_max_length {p.max_length}")
+        if asked:
+            return asked
+        if p.kind != "pi05":
+            return p.max_length
+        need = p.count_tokens(p.prompt("", np.ones(p.state_dim, np.float32))) + PROMPT_TASK_TOKENS
+        return min(p.max_length, -(-need // 16) * 16)
+
+    def _check_prompt_fits(self, text: str) -> None:
+        """Refuse a task / coaching text whose prompt cannot fit the graph's prompt_tokens (below LeRobot's
+        own tokenizer_max_length; π0.5: with the state at its longest, every bin 3 digits)."""
+        p, L = self.policy, self.prompt_tokens
+        if L >= p.max_length:
+            return
+        prompt = p.prompt(text, np.ones(p.state_dim, np.float32)) if p.kind == "pi05" else p.prompt(text)
+        n = p.count_tokens(prompt)
+        if n > L:
+            raise ValueError(f"the text's prompt is {n} tokens{' with the state' if p.kind == 'pi05' else ''}, more "
+                             f"than the graph's prompt_tokens {L}: shorten it or raise prompt_tokens (at most "
+                             f"{p.max_length})")
+
     def _quantize_gated(self, kind: str, n_cameras: int) -> None:
         """Weight-only quantisation behind its start-up gate (quant.quantize_with_gate): cosine >=
         QUANT_MIN_COS vs the float32 network and mean |error| <= QUANT_MAX_ERROR_RATIO x the bf16 network's,
@@ -221,7 +258,7 @@ class LerobotEngine:
         net = self.policy.model
         if not hasattr(net, "compile_layers"):
             raise PolicyDirError(f"compile: the {self.policy.kind} network has no compiled path")
-        probe = {k: v.to(self.device) for k, v in self.policy.probe_inputs(n_cameras).items()}
+        probe = {k: v.to(self.device) for k, v in self.policy.probe_inputs(n_cameras, tokens=self.prompt_tokens).items()}
         t0 = time.perf_counter()
         with torch.inference_mode():
             plain = net(*probe.values())
@@ -329,7 +366,7 @@ class LerobotEngine:
 
     def _actor_fn(self, b: BufferSet, guidance: Guidance | None = None, vision: bool = True) -> None:
         """The whole chunk (vision=False: from the image features _vision_fn left in their buffer)."""
-        L = self.policy.max_length
+        L = self.prompt_tokens
         if vision:
             self._vision_fn(b)
         slot, version = self.channel.read_in_graph(b)
@@ -395,11 +432,12 @@ class LerobotEngine:
         return self._publish(text, source)
 
     def _publish(self, text: str, source: str) -> SubtaskState:
+        self._check_prompt_fits(text)
         if not self.prompt_in_channel:
             self.policy.tokenize(text)   # fail here, not at the next chunk, if it cannot be tokenised
             self._subtask = SubtaskState(self._subtask.version + 1, text, source)
             return self._subtask
-        tokens, mask = self.policy.tokenize(self.policy.prompt(text))
+        tokens, mask = self.policy.tokenize(self.policy.prompt(text), self.prompt_tokens)
         return self.channel.publish(np.concatenate([tokens, mask.astype(np.int64)]), text, source)
 
     def plan(self, images, encodings, allow_commit: bool = True) -> SubtaskState | None:
@@ -450,7 +488,8 @@ class LerobotEngine:
         inputs = {"actor.state": self._state_host}
         subtask = self._subtask
         if not self.prompt_in_channel:
-            tokens, mask = p.tokenize(p.prompt(subtask.text, state))
+            tokens, mask = p.tokenize(p.prompt(subtask.text, state), self.prompt_tokens,
+                                      strict=self.prompt_tokens < p.max_length)
             inputs["actor.prompt"] = np.concatenate([tokens, mask.astype(np.int64)])[None]
         inputs.update(self.chunk_io.inputs(chunk_seq, q0))
         if rtc_in is not None:

@@ -107,6 +107,10 @@ PARAMS: tuple[Param, ...] = (
     Param("weights", str, "bf16", "LeRobot checkpoints: 'bf16', or weight-only 'fp8' (Hopper/Blackwell) / 'int8' "
           "(per-output-channel scales, no calibration), gated at start-up (cosine >= 0.999 vs the float32 network, "
           "mean error <= 2x the bf16 network's, else start-up stops)", _one_of("bf16", "fp8", "int8")),
+    Param("prompt_tokens", int, 0, "LeRobot checkpoints: the prompt's token slots in the graph; 0 = auto (π0.5: "
+          "room for the state and 48 tokens of task text, in multiples of 16, instead of LeRobot's padding to 200 -- "
+          "the padding is masked, so the chunk is the same for less work; π0 and SmolVLA: their tokenizer_max_length). "
+          "A task or coaching text that does not fit is refused when it is set", _in(0, 4096)),
     Param("cpu_threads", int, 1, "torch intra-op threads when the device is the CPU; 0 = torch's choice "
           "(more than 1 beside the ROS threads slowed the reference policy ~10x on 2 cores)", _in(0, 256)),
     Param("dtype", str, "float32", "weights and activations: float32 | bfloat16 | float16 (bf16 for large presets on a GPU)",
@@ -274,6 +278,7 @@ class HostConfig:
     dtype: str = "float32"
     compile: str = "auto"
     weights: str = "bf16"
+    prompt_tokens: int = 0
     cameras: tuple[CameraConfig, ...] = (CameraConfig("top", "camera/top/image_raw", False),)
     camera_reliability: str = "reliable"
     camera_sync_slop_s: float = 0.05
@@ -466,6 +471,9 @@ def build_config(raw: Mapping[str, tuple[Any, str]]) -> HostConfig:
         if policy_type != values["model"][len("lerobot_"):]:
             raise ConfigError(f"parameter 'model' = {values['model']!r} (from {sources['model']}), but "
                               f"{values['checkpoint']}/config.json is a {policy_type!r} policy")
+    if values["prompt_tokens"] and not values["model"].startswith("lerobot_"):
+        raise ConfigError(f"parameter 'prompt_tokens' = {values['prompt_tokens']!r} (from {sources['prompt_tokens']}) "
+                          f"applies to LeRobot models only")
     if values["weights"] != "bf16" and not values["model"].startswith("lerobot_"):
         raise ConfigError(f"parameter 'weights' = {values['weights']!r} (from {sources['weights']}) applies to LeRobot "
                           f"models only; the built-in model runs in 'dtype' ({values['dtype']})")

@@ -71,17 +71,27 @@ class LerobotPolicy:
             return pi05_prompt(task, normalized_state)
         return newline_prompt(task)
 
-    def tokenize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize(self, text: str, length: int | None = None, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, mask) padded right to `length` (default: the policy's tokenizer_max_length) and
+        truncated there, as LeRobot's tokenizer step does; strict: longer is a ValueError instead."""
+        return self._tokenizer()(text, length, strict)
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is, before any truncation."""
+        return len(self._tokenizer().encode(text))
+
+    def _tokenizer(self):
         if self.tokenizer is None:
             raise PolicyDirError(f"{self.path}: no tokenizer.json (copy the policy's tokenizer.json — PaliGemma's for "
                                  f"π0/π0.5, SmolVLM2's for SmolVLA — into the directory, or set `tokenizer`)")
-        return self.tokenizer(text)
+        return self.tokenizer
 
-    def probe_inputs(self, n_cameras: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    def probe_inputs(self, n_cameras: int, seed: int = 0, tokens: int | None = None) -> dict[str, torch.Tensor]:
         """Seeded network inputs of the right shapes (CPU tensors, batch 1): for benchmarks and the
-        start-up equivalence gate of a fast path. Images in [-1, 1], half the prompt valid."""
+        start-up equivalence gate of a fast path. Images in [-1, 1], half the prompt valid; `tokens`
+        prompt slots (default: tokenizer_max_length)."""
         g = torch.Generator().manual_seed(seed)
-        R, L = self.model.image_size, self.max_length
+        R, L = self.model.image_size, (self.max_length if tokens is None else int(tokens))
         tokens = torch.randint(3, 1000, (1, L), generator=g)
         mask = torch.zeros(1, L, dtype=torch.bool)
         mask[:, : max(1, L // 2)] = True

@@ -181,10 +181,24 @@ class PromptTokenizer:
                     return int(tid)
         return 0
 
-    def __call__(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.tokenizer.encode(text).ids[: self.max_length]
-        tokens = np.full(self.max_length, self.pad_id, dtype=np.int64)
-        mask = np.zeros(self.max_length, dtype=bool)
+    def encode(self, text: str) -> list[int]:
+        """The token ids of `text`, neither truncated nor padded."""
+        return self.tokenizer.encode(text).ids
+
+    def pad(self, ids: list[int], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """ids truncated / padded right to `length` (default max_length): (tokens int64, mask bool)."""
+        length = self.max_length if length is None else int(length)
+        ids = ids[:length]
+        tokens = np.full(length, self.pad_id, dtype=np.int64)
+        mask = np.zeros(length, dtype=bool)
         tokens[: len(ids)] = ids
         mask[: len(ids)] = True
         return tokens, mask
+
+    def __call__(self, text: str, length: int | None = None, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """pad(encode(text), length); strict: a text longer than `length` tokens is an error (ValueError),
+        not truncated."""
+        ids = self.encode(text)
+        if strict and length is not None and len(ids) > int(length):
+            raise ValueError(f"the prompt is {len(ids)} tokens, more than the {int(length)} the graph holds")
+        return self.pad(ids, length)
