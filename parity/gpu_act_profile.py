@@ -40,6 +40,7 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None, prompt_tokens
            "prompt_tokens": e.prompt_tokens,
            "act": _pct(_time(lambda: e.act(images, enc, q, next(seq)), dev, iters)),
            "replay": _pct(_time(e.actor_graph.replay, dev, iters))}
+    print(json.dumps({k: out[k] for k in ("kind", "prompt_tokens", "act", "replay")}), flush=True)
     p, s = e.policy, e.actor_stream
     steps: dict[str, list[float]] = {}
 
@@ -59,7 +60,7 @@ def profile(kind: str, iters: int, checkpoint: Path | None = None, prompt_tokens
         e._state_host[0, : state.shape[0]] = state
         inputs = {"actor.state": e._state_host}
         if not e.prompt_in_channel:
-            tok = step("prompt + tokenize", lambda: p.tokenize(p.prompt(e._subtask.text, state)))
+            tok = step("prompt + tokenize", lambda: p.tokenize(p.prompt(e._subtask.text, state), e.prompt_tokens))
             inputs["actor.prompt"] = np.concatenate([tok[0], tok[1].astype(np.int64)])[None]
         inputs.update(step("noise", lambda: e.chunk_io.inputs(i, q0)))
         step("write inputs (one copy)", lambda: e.buffers.write_many(inputs, stream=s))
