@@ -8,7 +8,7 @@ K/V cache writes), "fast_stack" (+ the expert's layers of a step as one compiled
 fused expert kernels, opt-in).
 
     python -m parity.gpu_fused --out $OUT/fused.json --kinds pi05,pi0 [--iters 30] [--profile pi05]
-        [--paths plain,fast,fast_heads,fast_stack,fast_pdl,fast_tune,fused]
+        [--paths plain,round3,fast,fast_heads,fast_stack,fast_pdl,fast_tune,fused] [--prompt-tokens 200,128,96]
 
 Policies: parity.gpu_fast.write_full (seeded random weights, full LeRobot dims).
 """
