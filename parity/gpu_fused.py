@@ -5,10 +5,11 @@ chunk replay per path); the chosen kernel configs. Paths: "fast" (the default: c
 Triton row attention + the two below), "round3" (without them), "fast_heads" (+ the opt-in attention_heads: no copies around the attention, no
 K/V cache writes), "fast_stack" (+ the expert's layers of a step as one compiled graph), "fast_pdl" and
 "fast_tune" (+ programmatic dependent launch; + inductor's GEMM autotuning: settings()), "fused" (the
-fused expert kernels, opt-in).
+fused expert kernels, opt-in), "vision_split" (the fast path with SigLIP's q/k/v as three projections, as
+before they became one matmul at load).
 
     python -m parity.gpu_fused --out $OUT/fused.json --kinds pi05,pi0 [--iters 30] [--profile pi05]
-        [--paths plain,round3,fast,fast_heads,fast_stack,fast_pdl,fast_tune,fused] [--prompt-tokens 200,128,96]
+        [--paths plain,round3,fast,fast_heads,fast_stack,fast_pdl,fast_tune,fused,vision_split] [--prompt-tokens 200,128,96]
 
 Policies: parity.gpu_fast.write_full (seeded random weights, full LeRobot dims).
 """
@@ -49,6 +50,30 @@ def kernel_table(fn, dev, top: int = 25) -> dict:
 
 
 _DEFAULTS: dict = {}
+
+
+@torch.no_grad()
+def split_vision(net) -> list:
+    """Each vision layer's fused q/k/v projection (siglip.VisionAttention.fuse) as three again, for the
+    fused-vs-separate comparison; returns the fused modules for fuse_vision_back."""
+    saved = []
+    for layer in net.vision.encoder.layers:
+        a = layer.self_attn
+        qkv = a._modules.pop("qkv_proj")
+        saved.append(qkv)
+        for name, w, bias in zip(("q_proj", "k_proj", "v_proj"), qkv.weight.chunk(3), qkv.bias.chunk(3)):
+            lin = torch.nn.Linear(w.shape[1], w.shape[0], device=w.device, dtype=w.dtype)
+            lin.weight.copy_(w)
+            lin.bias.copy_(bias)
+            setattr(a, name, lin)
+    return saved
+
+
+def fuse_vision_back(net, saved: list) -> None:
+    for layer, qkv in zip(net.vision.encoder.layers, saved):
+        for name in ("q_proj", "k_proj", "v_proj"):
+            delattr(layer.self_attn, name)
+        layer.self_attn.qkv_proj = qkv
 
 
 def settings(path: str) -> None:
@@ -109,6 +134,7 @@ def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "
     results = {}
     with torch.inference_mode():
         for path in paths:
+          split = split_vision(net) if path == "vision_split" else None
           try:
             settings(path)
             if path == "plain":
@@ -146,6 +172,8 @@ def bench(policy, iters: int, bandwidth: float, profile: bool, paths=("plain", "
             import traceback
             out[path] = {"error": traceback.format_exc()}
             print(out[path]["error"], flush=True)
+          if split is not None:
+            fuse_vision_back(net, split)
         settings("fast")
     ref = results["plain"].flatten().double()
     for path in [p for p in paths if p in results and p != "plain"]:

@@ -179,3 +179,24 @@ def test_the_engine_serves_smolvla_through_its_gated_fast_path(tmp_path):
 
     fast = _plain_and_fast_engines_give_the_same_chunk(write_smolvla_tiny(tmp_path / "smolvla"))
     assert fast.gates["compile"]["cos"] >= 0.9999 and fast.policy.model._fast
+
+
+def test_vision_qkv_projections_are_one_matmul_after_load_and_give_the_separate_ones(tmp_path):
+    from smolvla_tiny import write_smolvla_tiny
+
+    from flashrt_ros.models.lerobot.siglip import VisionAttention
+    torch.manual_seed(0)
+    att = VisionAttention(hidden=48, heads=4)
+    for p in att.parameters():   # non-zero biases: a bias left out or misplaced shows
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 9, 48)
+    with torch.no_grad():
+        separate = att(x)
+        att.fuse()
+        fused = att(x)
+    assert "q_proj" not in att._modules and att.qkv_proj.weight.shape == (144, 48)
+    assert (fused - separate).abs().max() <= 1e-5 * separate.abs().max()
+    for path in (FIXTURES / "lerobot_pi05_tiny", write_smolvla_tiny(tmp_path / "smolvla")):   # the loaders fuse
+        net = load_policy(path, "cpu", "float32").model
+        assert all("qkv_proj" in layer.self_attn._modules and "q_proj" not in layer.self_attn._modules
+                   for layer in net.vision.encoder.layers)

@@ -393,6 +393,7 @@ class Pi0(nn.Module):
         for layer in [*self.vlm, *self.expert]:
             layer.self_attn.fuse()
             layer.mlp.fuse()
+        self.vision.fuse()
         self._finalized = True
         return self.cast(dtype).eval().requires_grad_(False)
 

@@ -486,6 +486,7 @@ class SmolVLA(nn.Module):
         """Move to `device`, cast to `dtype` (the time table is recomputed and kept float32); call once
         after loading the weights."""
         self.to(device=device)
+        self.vision.fuse()
         return self.cast(dtype).eval().requires_grad_(False)
 
     @torch.no_grad()
