@@ -4,6 +4,7 @@ task, coaching, interrupt, the episode services, readiness, diagnostics and late
 One host (real Engine on CPU) and one robot node for the module; each test starts a fresh episode.
 """
 import dataclasses
+import gc
 import time
 
 import numpy as np
@@ -212,6 +213,11 @@ def test_ready_service_and_diagnostics_report_rates_latency_and_readiness(host, 
     assert names == {"flashrt: host", "flashrt: actor", "flashrt: planner", "flashrt: inputs"}
     level, _, host_values = robot.diagnostic("host", t0)
     assert level == DiagnosticStatus.OK and host_values["ready"] == "true"
+    # the start-up heap (models, graphs, modules) is out of the collector's scans while serving, and
+    # the pauses of start-up (loading the models) are reported apart from those while serving
+    assert int(host_values["gc_frozen_objects"]) > 10_000 and gc.get_freeze_count() > 10_000
+    assert float(host_values["gc_pause_startup_max_ms"]) > 0
+    assert float(host_values["gc_pause_max_ms"]) >= 0
     level, message, actor = robot.diagnostic("actor", t0)
     assert level == DiagnosticStatus.OK, message
     # one chunk per new observation: the rate follows the slower of the actor timer (10 Hz) and the

@@ -50,7 +50,7 @@ from .inputs import Frame, LatestInputs, Stale, Unsynced
 from .joints import JointMap
 from .limits import chunk_velocities, rate_limit, sample_trajectory, stop_duration
 from .params import ConfigError, HostConfig
-from .status import DelayEstimate, Meter, PlainLog, RecentEvent
+from .status import DelayEstimate, Meter, PlainLog, RecentEvent, freeze_heap, thaw_heap
 
 
 @dataclass(frozen=True)
@@ -288,6 +288,14 @@ class PolicyLoop:
                  deadline=period_p, enabled=False),
             *critic_task,
         ], on_error=self._on_task_error)
+        if cfg.gc_freeze:
+            frozen, before_s, after_s = freeze_heap()
+            self.log.info(f"start-up heap frozen: {frozen} objects out of the garbage collector's scans; a full "
+                          f"collection {before_s * 1e3:.1f} ms before, {after_s * 1e3:.1f} ms after (gc_freeze)")
+        else:
+            frozen = 0
+        if self.gc is not None:
+            self.gc.serving(frozen)
         if dispatch:
             self.scheduler.start()
         self.log.info(f"engine ready in {time.monotonic() - t0:.2f} s: preset {mc.name!r} on {engine.device} "
@@ -337,6 +345,8 @@ class PolicyLoop:
                 self.scheduler.stop()
             self.scheduler = None
             self.engine = None
+            if self.config.gc_freeze:
+                thaw_heap()
 
     def set_active(self, role: str, active: bool) -> None:
         """Activate or deactivate the actor or planner. Deactivating the actor stops issuing chunks

@@ -113,6 +113,9 @@ PARAMS: tuple[Param, ...] = (
           "A task or coaching text that does not fit is refused when it is set", _in(0, 4096)),
     Param("cpu_threads", int, 1, "torch intra-op threads when the device is the CPU; 0 = torch's choice "
           "(more than 1 beside the ROS threads slowed the reference policy ~10x on 2 cores)", _in(0, 256)),
+    Param("gc_freeze", bool, True, "once the models are loaded, move the start-up heap out of Python's garbage "
+          "collector's scans (gc.freeze), so that a full collection while serving does not stop the actor for as "
+          "long as it takes to scan the models, graphs and modules; the log names both times at start-up"),
     Param("dtype", str, "float32", "weights and activations: float32 | bfloat16 | float16 (bf16 for large presets on a GPU)",
           _one_of("float32", "bfloat16", "float16")),
     # --- cameras ---------------------------------------------------------------------------------
@@ -275,6 +278,7 @@ class HostConfig:
     seed: int = 0
     planner_pieces: int = 1
     cpu_threads: int = 1
+    gc_freeze: bool = True
     dtype: str = "float32"
     compile: str = "auto"
     weights: str = "bf16"

@@ -26,7 +26,7 @@ from rclpy.executors import SingleThreadedExecutor
 from flashrt_ros.host.loop import PolicyLoop
 from flashrt_ros.host.params import ConfigError, HostConfig, environment_report, parse_host_args
 from flashrt_ros.host.recorder import AsyncRecorder
-from flashrt_ros.host.status import GcMonitor
+from flashrt_ros.host.status import GcMonitor, thaw_heap
 
 from .actor_node import ActorNode
 from .planner_node import PlannerNode
@@ -150,6 +150,7 @@ class Host:
             self.executor.shutdown()
             self.actor.destroy_node()
             self.planner.destroy_node()
+            thaw_heap(collect=False)
 
 
 def _failed(result) -> bool:

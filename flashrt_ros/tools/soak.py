@@ -18,7 +18,8 @@ Measured after the first chunks, for --seconds: chunk rate, gaps between traject
 > 0.5 s, > 10 actor periods, and stalls: > 10 periods while every input was fresh), holds
 published while every input was fresh, observation stamp -> trajectory arrival, and from the
 host's /diagnostics: deadline misses (`flashrt: actor`), the largest executor backlog and the
-longest GC pause (`flashrt: host`, keys executor_backlog_max_ms and gc_pause_max_ms; "n/a" when
+longest GC pause while serving (`flashrt: host`, keys executor_backlog_max_ms, gc_pause_max_ms and for
+full collections gc_full_pause_max_ms / gc_full_collections; "n/a" when
 the host does not report them). Per ActionChunk received: its header stamp (= the camera stamp it
 answers) -> arrival here (`obs_to_chunk`), and the host's own fields: observation_to_ready and
 inference_time (the engine's act() wall time), so the ROS overhead shows as the difference.
@@ -127,7 +128,7 @@ class Robot(RigNode):
         self.chunk_stamps_ns: list[int] = []
         self.refused = 0                                          # trajectories already past on arrival
         self.diagnostics: dict[str, dict[str, str]] = {}          # status name -> its latest values
-        self.backlog_max = self.gc_pause_max_ms = None
+        self.backlog_max = self.gc_pause_max_ms = self.gc_full_pause_max_ms = self.gc_full_collections = None
         self.node.create_subscription(JointTrajectory, "/flashrt/joint_trajectory", self._on_trajectory, 50)
         self.node.create_subscription(ActionChunk, "/flashrt/action_chunk", self._on_chunk, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -160,6 +161,12 @@ class Robot(RigNode):
                     value = next((_float(values[k]) for k in keys if k in values), math.nan)
                     if not math.isnan(value):
                         setattr(self, attr, max(value, getattr(self, attr) or 0.0))
+                # the GC figures count from the end of start-up (the host's heap freeze): the latest
+                # report covers all of serving, an earlier one may still hold start-up's collections
+                if values.get("ready") == "true":
+                    for key in ("gc_pause_max_ms", "gc_full_pause_max_ms", "gc_full_collections"):
+                        if key in values and not math.isnan(_float(values[key])):
+                            setattr(self, key, _float(values[key]))
 
     def _publish(self) -> None:
         """Joint states every 10 ms, the cameras every 33 ms, on one schedule that never bursts."""
@@ -236,6 +243,7 @@ def summarize(robot: Robot, t0: float, t1: float, actor_hz: float, misses_at_sta
                                            if t0 <= a <= t1 and ns in robot.camera_stamps_ns),
         "deadline_misses": misses,
         "executor_backlog_max": robot.backlog_max, "gc_pause_max_ms": robot.gc_pause_max_ms,
+        "gc_full_pause_max_ms": robot.gc_full_pause_max_ms, "gc_full_collections": robot.gc_full_collections,
         "camera_publish_gap_max_s": float(np.max(np.diff(cams[(cams >= t0) & (cams <= t1)]), initial=0.0)),
     }
 
