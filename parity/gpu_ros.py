@@ -6,6 +6,7 @@ LeRobot π0.5 (bf16, the default fast path `compile: auto`), two 640x480 rgb8 ca
     # on the device (repository root; carry .ros312/carry):
     . scripts/ros_device_env.sh && python3 -m parity.gpu_ros --out $OUT --seconds 30 --warmup 5 \
         --runs default:timer,large_data:timer,large_data:observation
+    # a run's own host parameters after a third colon: --runs default:observation:gc_freeze=false
     # the same rehearsed on a CPU with the tiny fixture:
     python3 -m parity.gpu_ros --out /tmp/gpu_ros --policy test/fixtures/lerobot_pi05_tiny --device cpu \
         --dtype float32 --actor-hz 5 --seconds 10
@@ -144,17 +145,18 @@ def probe(transport: str, seconds: float, domain: int) -> dict:
 
 
 def run_one(name: str, args, policy: Path, domain: int, work: Path) -> dict:
-    transport, trigger = name.split(":")
+    transport, trigger, *extra = name.split(":")   # extra: host parameters, "key=value+key=value"
+    extra_sets = [kv for kv in "".join(extra).split("+") if kv]
     env = transport_env(transport, domain)
     if trigger not in ("timer", "observation"):
         raise SystemExit(f"unknown trigger {trigger!r} (timer | observation)")
-    tag = name.replace(":", "-")
+    tag = name.replace(":", "-").replace("=", "_").replace("+", "-")
     host_log = args.out / f"host-{tag}.log"
     cmd = [sys.executable, "-m", "flashrt_ros.tools.soak", "--seconds", str(args.seconds), "--warmup",
            str(args.warmup), "--actor-hz", str(args.actor_hz), "--cameras", "2", "--joints", "7", "--joints-with-cameras",
            "--startup-timeout", str(args.startup_timeout), "--out", str(work), "--tag", tag,
            "--host-log", str(host_log)]
-    for s in host_sets(policy, args.device, args.dtype, trigger):
+    for s in host_sets(policy, args.device, args.dtype, trigger) + extra_sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, text=True, capture_output=True)
@@ -166,7 +168,7 @@ def run_one(name: str, args, policy: Path, domain: int, work: Path) -> dict:
     log = host_log.read_text() if host_log.exists() else ""
     res.update(run=name, transport=transport, trigger=trigger, wall_s=wall,
                host_startup_lines=[ln for ln in log.splitlines() if any(k in ln for k in (
-                   "compile", "frames:", "gate", "ready", "loaded", "graph", "captured", "ERROR", "WARN"))][:30])
+                   "compile", "frames:", "gate", "ready", "loaded", "graph", "captured", "heap", "ERROR", "WARN"))][:30])
     return res
 
 
