@@ -227,7 +227,7 @@ def test_ready_service_and_diagnostics_report_rates_latency_and_readiness(host, 
     assert camera_hz > 1.0
     assert float(actor["chunk_rate_hz"]) > 0.5 * min(10.0, camera_hz)
     for key in ("inference_time_p50_ms", "inference_time_p99_ms", "chunk_latency_p50_ms",
-                "chunk_latency_p99_ms", "deadline_misses"):
+                "chunk_latency_p99_ms", "deadline_misses", "input_to_act_p50_ms", "input_to_act_p99_ms"):
         assert actor[key] not in ("", "nan"), key
     _, _, planner = robot.diagnostic("planner", t0)
     assert float(planner["rate_hz"]) > 1.0 and planner["subtask"].startswith("go to")

@@ -26,3 +26,7 @@ def test_camera_stamp_to_action_chunk_with_the_lerobot_host(tmp_path):
     assert res["chunk_stamp_is_camera_stamp"] == chunk["n"], "a chunk's stamp was not a camera stamp"
     # act() is inside stamp -> ready, which is inside stamp -> received
     assert 0 < act["p50_ms"] <= ready["p50_ms"] <= chunk["p50_ms"], (act, ready, chunk)
+    # the host's own share before act(): the observation's last input received -> act() starts, inside
+    # stamp -> ready (it leaves out the stamp -> reception transit and act() itself)
+    waited = res["input_to_act"]
+    assert waited["p50_ms"] is not None and 0 <= waited["p50_ms"] < ready["p50_ms"], (waited, ready)

@@ -29,6 +29,7 @@ class Observation:
     encodings: list[str]
     joint_positions: np.ndarray | None   # [J] float32 in LatestInputs.joint_names order, ROS units
     stamp_ns: int         # the newest stamp among the inputs used: the chunk's time origin
+    received: float = float("nan")   # the latest receive time among them (loop clock): complete since then
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Joints:
     stamp_ns: int             # the newest of their stamps
     oldest_stamp_ns: int
     received: float           # the oldest of their receive times: the set is as fresh as this
+    newest_received: float = float("nan")   # the latest of them
 
 
 class LatestInputs:
@@ -130,7 +132,8 @@ class LatestInputs:
         if any(s is None for s in samples):
             return None
         return Joints(np.array([s.value for s in samples], np.float32), max(s.stamp_ns for s in samples),
-                      min(s.stamp_ns for s in samples), min(s.received for s in samples))
+                      min(s.stamp_ns for s in samples), min(s.received for s in samples),
+                      max(s.received for s in samples))
 
     def joint_status(self, now: float) -> list[tuple[str, str, float]]:
         """(joint, source of its last sample or '', seconds since it) per configured joint."""
@@ -202,9 +205,10 @@ class LatestInputs:
                 return Unsynced(f"cameras out of sync: stamps {spread / 1e9:.3f} s apart "
                                 f"(camera_sync_slop_s {self.slop_ns / 1e9:g})")
         stamps = [f.stamp_ns for f in frames] + ([joints.stamp_ns] if need_joints else [])
+        received = [f.received for f in frames] + ([joints.newest_received] if need_joints else [])
         return Observation(images=[f.image for f in frames], encodings=[f.encoding for f in frames],
                            joint_positions=None if not need_joints else joints.positions.copy(),
-                           stamp_ns=max(stamps))
+                           stamp_ns=max(stamps), received=max(received))
 
     def _synchronised(self) -> list[Frame] | None:
         """Latest-within-slop: the reference is the oldest camera's newest frame; every camera

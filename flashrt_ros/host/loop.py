@@ -189,6 +189,7 @@ class PolicyLoop:
         self.rtc_prefixes = 0               # rtc: chunks computed with the previous one as prefix
         self.chunk_latency = self.chunks
         self.inference = Meter()            # engine.act wall time
+        self.input_to_act = Meter()         # the observation's last input received -> act() starts
         self.plans = Meter()                # planner runs to the end (latency: wall time of the run)
         self.last_chunk_at = -math.inf      # monotonic time of the last chunk (the watchdog)
         self.issuing_since = -math.inf      # monotonic: since when a chunk is owed (start, resume, a hold)
@@ -769,6 +770,7 @@ class PolicyLoop:
                 if prefix is not None:
                     self.rtc_prefixes += 1
                 origin.update(prefix=prefix, delay=delay_steps)
+            waited = self.clock() - obs.received
             with self._engine_lock:
                 result = engine.act(obs.images, obs.encodings, jm.state(obs.joint_positions), self.chunk_seq,
                                     **origin)
@@ -785,6 +787,8 @@ class PolicyLoop:
                 self._actor_fault("the model produced NaN/inf: chunk rejected")
                 return
             self._issue(result, obs, delay_steps)
+            if math.isfinite(waited):
+                self.input_to_act.add(waited)
         if self._by_observation and self.critic is not None:
             self._since_critic += 1
             if self._since_critic >= self._critic_every:

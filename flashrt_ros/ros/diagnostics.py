@@ -107,6 +107,8 @@ def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         "cycle_rate_hz": f"{sched.get('rate_hz', 0.0):.2f}",
         "chunks_published": loop.chunks.count,
         "inference_time_p50_ms": _ms(inf50), "inference_time_p99_ms": _ms(inf99),
+        # the observation's last input received (DDS) -> act() starts: the executor, the dispatcher, the checks
+        **dict(zip(("input_to_act_p50_ms", "input_to_act_p99_ms"), map(_ms, loop.input_to_act.percentiles(50, 99)))),
         "chunk_latency_p50_ms": _ms(e2e50), "chunk_latency_p99_ms": _ms(e2e99),
         "delay_estimate_ms": _ms(loop.delay.seconds()), "delay_steps": loop.delay.steps(loop.dt, loop.horizon),
         "rtc_prefixed_chunks": loop.rtc_prefixes,

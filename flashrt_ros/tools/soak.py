@@ -129,6 +129,7 @@ class Robot(RigNode):
         self.refused = 0                                          # trajectories already past on arrival
         self.diagnostics: dict[str, dict[str, str]] = {}          # status name -> its latest values
         self.backlog_max = self.gc_pause_max_ms = self.gc_full_pause_max_ms = self.gc_full_collections = None
+        self.input_to_act_p50_ms = self.input_to_act_p99_ms = None
         self.node.create_subscription(JointTrajectory, "/flashrt/joint_trajectory", self._on_trajectory, 50)
         self.node.create_subscription(ActionChunk, "/flashrt/action_chunk", self._on_chunk, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -167,6 +168,10 @@ class Robot(RigNode):
                     for key in ("gc_pause_max_ms", "gc_full_pause_max_ms", "gc_full_collections"):
                         if key in values and not math.isnan(_float(values[key])):
                             setattr(self, key, _float(values[key]))
+            elif status.name == "flashrt: actor":   # the latest percentiles (the host's last 1024 chunks)
+                for key in ("input_to_act_p50_ms", "input_to_act_p99_ms"):
+                    if key in values and not math.isnan(_float(values[key])):
+                        setattr(self, key, _float(values[key]))
 
     def _publish(self) -> None:
         """Joint states every 10 ms, the cameras every 33 ms, on one schedule that never bursts."""
@@ -244,6 +249,8 @@ def summarize(robot: Robot, t0: float, t1: float, actor_hz: float, misses_at_sta
         "deadline_misses": misses,
         "executor_backlog_max": robot.backlog_max, "gc_pause_max_ms": robot.gc_pause_max_ms,
         "gc_full_pause_max_ms": robot.gc_full_pause_max_ms, "gc_full_collections": robot.gc_full_collections,
+        # the host's: the observation's last input received -> act() starts
+        "input_to_act": {"p50_ms": robot.input_to_act_p50_ms, "p99_ms": robot.input_to_act_p99_ms},
         "camera_publish_gap_max_s": float(np.max(np.diff(cams[(cams >= t0) & (cams <= t1)]), initial=0.0)),
     }
 
@@ -341,7 +348,8 @@ def chunk_line(res: dict) -> str:
     f = lambda d: " / ".join(_na(d.get(k), ".1f") for k in ("p50_ms", "p99_ms", "max_ms"))   # noqa: E731
     return (f"ActionChunk p50 / p99 / max (ms): camera stamp → received {f(res['obs_to_chunk'])}; "
             f"stamp → ready on the host {f(res['chunk_observation_to_ready'])}; "
-            f"act() {f(res['chunk_inference_time'])} ({res['obs_to_chunk']['n']} chunks)")
+            f"act() {f(res['chunk_inference_time'])} ({res['obs_to_chunk']['n']} chunks); the host's last input "
+            f"received → act() p50 / p99 {f(res.get('input_to_act', {}))}")
 
 
 def main(argv=None) -> int:
