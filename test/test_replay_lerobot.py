@@ -121,3 +121,18 @@ def test_chunks_have_seven_joints_and_the_task_as_subtask(runs):
     # the policy sees the images: chunks differ from one observation to the next
     assert not np.array_equal(chunks[0].positions, chunks[1].positions)
     assert [s.text for s in runs["step_a"].subtasks] == [TASK]
+
+
+def test_step_replay_with_the_task_in_the_params_file(tmp_path):
+    # The host publishes the task as the subtask when it is configured and again when the episode
+    # starts, before the replay's subscription has matched: the replay must not wait for a message a
+    # latched (depth 1) subscription cannot receive, and nothing may be published before the
+    # subtask's publisher exists. Same bag; its task message repeats the same text.
+    bag = make_arm_bag(tmp_path / "arm_bag")
+    sets = [a for k, v in {**OVERRIDES, "task": TASK}.items() for a in ("--set", f"{k}={v}")]
+    args = replay_args(bag, tmp_path / "out", "", "--step", "--params-file", str(PARAMS), *sets)
+    assert replay.main(args) == 0
+    out = read_outputs(tmp_path / "out")
+    assert len(out.chunks) == int(round(DURATION_S * RATE_HZ))
+    assert all(c.subtask == TASK for c in out.chunks)
+    assert out.subtasks and out.subtasks[-1].text == TASK

@@ -40,12 +40,14 @@ class PlannerNode(LifecycleNode):
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # the publisher first: configuring with a task publishes it as the subtask (LeRobot policies)
+        self._subtask_pub = self.create_publisher(Subtask, SUBTASK_TOPIC, LATCHED)
         try:
             self.loop.configure("planner")
         except Exception as exc:
             self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._destroy_topics()
             return TransitionCallbackReturn.FAILURE
-        self._subtask_pub = self.create_publisher(Subtask, SUBTASK_TOPIC, LATCHED)
         # The task twice: volatile (matches every publisher) and transient-local (a task latched
         # before this node started, e.g. by the world node). A sample delivered by both is
         # dropped as a duplicate in _on_task.

@@ -224,6 +224,9 @@ class RosReplay:
         self.run_result = RosRun()
         self._collecting = True
         self._received = {t: 0 for t in OUTPUT_TYPES}
+        self._startup_ns: int | None = None      # sim time while the host comes up (see _start)
+        self._startup_subtask: tuple | None = None
+        self._startup_sent = 0                   # subtasks the host published while coming up
         self._lock = threading.Lock()
 
     # setup / teardown ----------------------------------------------------------------------------
@@ -279,10 +282,17 @@ class RosReplay:
         self._spin.start()
         self._clock_ns = 0
         self._publish_clock(self.inputs.start_ns - 1)      # sim time starts at the bag's beginning
+        # subtasks the host publishes while it comes up (a task in the params: at configure and at the
+        # episode's start) are stamped now, before the bag's first message; the subtask topic is
+        # latched with depth 1, so however late this subscription matches it gets the newest of them:
+        # they count as one, and one record (the newest) is kept
+        self._startup_ns = self._clock_ns
         self.host.spin_in_thread()
         if not self.host.bring_up():
             raise ReplayError(f"the host did not come up: {self.host.loop.readiness()[1]}")
         self._wait_connected()
+        with self.outputs.lock:      # the sim clock has not moved: every subtask so far is start-up's
+            self._startup_sent = self.outputs.sent[SUBTASK_TOPIC]
 
     def _spin_player(self) -> None:
         while not self._stop_spin.is_set() and self.player_ctx.ok():
@@ -335,12 +345,22 @@ class RosReplay:
         with self._lock:
             if not self._collecting:
                 return              # e.g. the stop the host sends when it shuts down: no input's answer
-            self.run_result.records.append((topic, stamp, bytes(raw)))
-            self._received[topic] += 1
+            record = (topic, stamp, bytes(raw))
+            if topic == SUBTASK_TOPIC and self._startup_ns is not None and stamp <= self._startup_ns:
+                if self._startup_subtask is not None:       # superseded by this newer one
+                    self.run_result.records.remove(self._startup_subtask)
+                self._startup_subtask = record
+            else:
+                self._received[topic] += 1
+            self.run_result.records.append(record)
 
     def _all_received(self) -> bool:
         with self._lock, self.outputs.lock:
-            return all(self._received[t] >= n for t, n in self.outputs.sent.items())
+            sent = dict(self.outputs.sent)
+            startup = self._startup_sent
+            sent[SUBTASK_TOPIC] -= startup
+            return all(self._received[t] >= n for t, n in sent.items()) and \
+                (startup == 0 or self._startup_subtask is not None)
 
     def _wait(self, predicate, what: str, timeout: float = ACK_TIMEOUT_S, poll=None) -> None:
         deadline = time.monotonic() + timeout
