@@ -171,10 +171,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rclpy.signals import SignalHandlerOptions
     # Our own SIGINT/SIGTERM handling: rclpy's would shut the context down before we can publish
-    # the stop and close the recording.
+    # the stop and close the recording. While serving, a signal only sets `stop` and the spin loop
+    # ends at its next turn (within 0.1 s): an exception raised by the handler lands wherever the main
+    # thread is, and inside one of rclpy's C++ calls pybind11 reports it as an error of its own
+    # ("RuntimeError: Unable to convert call argument..." from take_message: exit code 1 and a
+    # traceback instead of a clean stop, seen once in a test run). While the models load it still
+    # raises, so that loading stops at once; whatever that raises is then the interruption.
     rclpy.init(args=["flashrt_host", *args.ros_args], signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored
+    stop, loading = threading.Event(), threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+        if loading.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)   # even when started with SIGINT ignored
     parent = os.getppid() if args.config.exit_with_parent else None
     host = Host(args.config)
     for level, line in environment_report(args.config):
@@ -184,19 +196,21 @@ def main(argv: list[str] | None = None) -> int:
             # serving while the models load (seconds to minutes), then spinning here as before
             loaded = threading.Event()
             host.spin_in_thread(parent_pid=parent, until=loaded)
+            loading.set()
             try:
                 host.bring_up()
             finally:
+                loading.clear()
                 loaded.set()
                 host.join_spin_thread()
-        host.spin(parent_pid=parent)
-    except KeyboardInterrupt:
+        host.spin(parent_pid=parent, until=stop)
+        if stop.is_set():
+            host.actor.get_logger().info("interrupted (Ctrl-C / SIGTERM): stopping")
+    except BaseException:
+        if not stop.is_set():
+            raise
         host.actor.get_logger().info("interrupted (Ctrl-C / SIGTERM): stopping")
     finally:
         host.close()
         rclpy.try_shutdown()
     return 0
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
