@@ -98,6 +98,7 @@ def _host_status(loop: "PolicyLoop", node, now: float) -> DiagnosticStatus:
 def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
     sched = loop.scheduler_summary().get("actor", {})
     inf50, inf99 = loop.inference.percentiles(50, 99)
+    wait50, wait99 = loop.input_to_act.percentiles(50, 99)
     e2e50, e2e99 = loop.chunk_latency.percentiles(50, 99)
     cyc50, cyc99 = sched.get("latency_p50_s", float("nan")), sched.get("latency_p99_s", float("nan"))
     jitter = loop.chunks.intervals()
@@ -108,7 +109,7 @@ def _actor_status(loop: "PolicyLoop", now: float) -> DiagnosticStatus:
         "chunks_published": loop.chunks.count,
         "inference_time_p50_ms": _ms(inf50), "inference_time_p99_ms": _ms(inf99),
         # the observation's last input received (DDS) -> act() starts: the executor, the dispatcher, the checks
-        **dict(zip(("input_to_act_p50_ms", "input_to_act_p99_ms"), map(_ms, loop.input_to_act.percentiles(50, 99)))),
+        "input_to_act_p50_ms": _ms(wait50), "input_to_act_p99_ms": _ms(wait99),
         "chunk_latency_p50_ms": _ms(e2e50), "chunk_latency_p99_ms": _ms(e2e99),
         "delay_estimate_ms": _ms(loop.delay.seconds()), "delay_steps": loop.delay.steps(loop.dt, loop.horizon),
         "rtc_prefixed_chunks": loop.rtc_prefixes,
